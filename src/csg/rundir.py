@@ -1,0 +1,132 @@
+"""The run directory: the unit every command reads and writes.
+
+Layout::
+
+    RUN/config.json        resolved configuration, with package versions
+    RUN/checkpoint.safetensors   weights, gate, optimiser and RNG state (no pickle)
+    RUN/log.jsonl          one JSON object per epoch
+    RUN/metrics.json       accuracy, MIS, L1-density, ... (merged by each command)
+    RUN/gate.npy           C x K gate (gated runs)
+    RUN/features.npz       pooled, labels, predictions, logits of the test split
+    RUN/mi_matrix.npy      K x C mutual information
+    RUN/<analysis>.json    one per analysis, with a "figures" list
+    RUN/figures/*.png      every figure, readable on its own
+    RUN/report/index.html  the report
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CsgError
+from .io import atomic_save_npy, atomic_save_npz, atomic_write_json, read_jsonl
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
+LOG = "log.jsonl"
+METRICS = "metrics.json"
+GATE = "gate.npy"
+FEATURES = "features.npz"
+MI_MATRIX = "mi_matrix.npy"
+FIGURES = "figures"
+
+
+class RunDir:
+    """Typed access to a run directory; every write is atomic."""
+
+    def __init__(self, path: str | Path, *, must_exist: bool = True):
+        self.path = Path(path)
+        if must_exist and not (self.path / CONFIG).is_file():
+            raise CsgError(f"{self.path} is not a run directory (no {CONFIG}); train one with "
+                           f"`csg train --out {self.path}`")
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- reading -------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        path = self.path / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CsgError(f"{path} is missing") from None
+        except json.JSONDecodeError as exc:
+            raise CsgError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                           "re-run the command that writes it") from None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.read_json(CONFIG)
+
+    def metrics(self) -> dict[str, Any]:
+        return self.read_json(METRICS) if self.has(METRICS) else {}
+
+    def log(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / LOG) if self.has(LOG) else []
+
+    def gate(self) -> np.ndarray | None:
+        return np.load(self.path / GATE, allow_pickle=False) if self.has(GATE) else None
+
+    def features(self) -> dict[str, np.ndarray]:
+        """The captured test-split features: ``pooled`` (N x K), ``labels``, ``predictions``, ``logits``."""
+        path = self.path / FEATURES
+        if not path.is_file():
+            raise CsgError(f"{path} is missing; run `csg evaluate {self.path}` first")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as exc:  # zip or format errors: say which file and how to fix it
+            raise CsgError(f"{path} is corrupt ({type(exc).__name__}); re-run `csg evaluate {self.path}`") from None
+
+    def mi_matrix(self) -> np.ndarray:
+        path = self.path / MI_MATRIX
+        if not path.is_file():
+            raise CsgError(f"{path} is missing; run `csg evaluate {self.path}` first")
+        return np.load(path, allow_pickle=False)
+
+    def load_model(self, device: str = "cpu"):
+        """Rebuild the trained model from ``config.json`` and the checkpoint (eval mode)."""
+        from .training.checkpoint import load_model_from_run
+
+        return load_model_from_run(self, device=device)
+
+    def load_dataset(self, split: str = "test", **overrides):
+        """The dataset this run was trained on (``split`` = ``"train"`` or ``"test"``)."""
+        from .data import load_dataset
+
+        cfg = self.config
+        kwargs = dict(data_dir=cfg.get("data_dir"))
+        kwargs.update(overrides)
+        return load_dataset(cfg["data"], split=split, **kwargs)
+
+    # ---- writing -------------------------------------------------------
+    @property
+    def figures_dir(self) -> Path:
+        folder = self.path / FIGURES
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return atomic_write_json(self.path / name, obj)
+
+    def write_npy(self, name: str, array: np.ndarray) -> Path:
+        return atomic_save_npy(self.path / name, array)
+
+    def write_npz(self, name: str, **arrays: np.ndarray) -> Path:
+        return atomic_save_npz(self.path / name, **arrays)
+
+    def update_metrics(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``values`` into ``metrics.json`` (atomically) and return the result."""
+        merged = self.metrics()
+        merged.update(values)
+        self.write_json(METRICS, merged)
+        return merged
