@@ -1,0 +1,95 @@
+"""One evaluation pass that captures everything the analyses need, once."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..model import GatedClassifier
+
+
+@torch.no_grad()
+def capture_features(model: GatedClassifier, dataset, *, batch_size: int = 512, device="cpu",
+                     progress: bool = False, desc: str = "evaluate") -> dict[str, np.ndarray]:
+    """Run the STD path over ``dataset`` and keep pooled features, logits and predictions.
+
+    Returns numpy arrays: ``pooled`` (N x K, the feature layer after its ReLU
+    averaged over space), ``logits`` (N x C), ``labels``, ``predictions`` and, for
+    gated models, ``csg_predictions`` (the CSG path told the true label).
+    """
+    was_training = model.training
+    model.eval()
+    pooled, logits, labels, csg_pred = [], [], [], []
+    batches = dataset.batches(batch_size, shuffle=False, device=device)
+    n_batches = (len(dataset) + batch_size - 1) // batch_size
+    try:
+        for images, y in tqdm(batches, total=n_batches, desc=desc, leave=False, disable=not progress):
+            out = model(images, y if model.gate is not None else None)
+            pooled.append(out.pooled.float())
+            logits.append(out.logits.float())
+            labels.append(y)
+            if out.csg_logits is not None:
+                csg_pred.append(out.csg_logits.argmax(1))
+    finally:
+        model.train(was_training)
+    logits_t = torch.cat(logits)
+    result = {
+        "pooled": torch.cat(pooled).cpu().numpy(),
+        "logits": logits_t.cpu().numpy(),
+        "labels": torch.cat(labels).cpu().numpy().astype(np.int64),
+        "predictions": logits_t.argmax(1).cpu().numpy().astype(np.int64),
+    }
+    if csg_pred:
+        result["csg_predictions"] = torch.cat(csg_pred).cpu().numpy().astype(np.int64)
+    return result
+
+
+def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: bool | None = None,
+                 model: GatedClassifier | None = None) -> dict:
+    """``csg evaluate``: capture the test split once and write the run's measurements.
+
+    Writes ``features.npz`` (``pooled``, ``labels``, ``predictions``, ``logits``),
+    ``mi_matrix.npy`` (K x C), ``gate.npy`` for gated runs and merges into
+    ``metrics.json``: ``accuracy``, ``num_classes``, ``num_filters``,
+    ``num_samples``, ``per_class_accuracy``, ``mis``, ``mis_ceiling`` and, for
+    gated runs, ``csg_accuracy``, ``l1_density``, ``l1_interval``,
+    ``gate_mi_agreement``.
+    """
+    from ..methods import build_method
+    from ..metrics import (gate_mi_agreement, mis, mis_ceiling, mutual_information_matrix,
+                           per_class_accuracy)
+    from .config import TrainConfig
+
+    raw = run.config
+    cfg = TrainConfig.from_dict(raw)
+    if model is None:
+        model = run.load_model(device)
+    model.to(device).eval()
+    test_set = run.load_dataset("test", subset=cfg.test_subset, seed=cfg.seed)
+    captured = capture_features(model, test_set, batch_size=batch_size or cfg.eval_batch_size, device=device,
+                                progress=progress is not False)
+    labels, predictions = captured["labels"], captured["predictions"]
+    run.write_npz("features.npz", pooled=captured["pooled"], labels=labels, predictions=predictions,
+                  logits=captured["logits"])
+    C = model.num_classes
+    mi = mutual_information_matrix(captured["pooled"], labels, num_classes=C)
+    run.write_npy("mi_matrix.npy", mi.astype(np.float32))
+    metrics = {
+        "method": cfg.method,
+        "accuracy": float((predictions == labels).mean()),
+        "num_classes": C,
+        "num_filters": model.num_filters,
+        "num_samples": int(labels.shape[0]),
+        "per_class_accuracy": per_class_accuracy(predictions, labels, C).tolist(),
+        "mis": float(mis(mi)),
+        "mis_ceiling": float(mis_ceiling(labels=labels, num_classes=C)),
+    }
+    method = build_method(cfg)
+    gate = method.gate_matrix(model)
+    if gate is not None:
+        run.write_npy("gate.npy", gate)
+        metrics["gate_mi_agreement"] = float(gate_mi_agreement(gate, mi))
+    if "csg_predictions" in captured:
+        metrics["csg_accuracy"] = float((captured["csg_predictions"] == labels).mean())
+    metrics.update(method.evaluation_metrics(model, test_set, batch_size=cfg.eval_batch_size, device=device))
+    return run.update_metrics(metrics)

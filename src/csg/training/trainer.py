@@ -1,0 +1,361 @@
+"""The single training loop that serves every method.
+
+Per epoch: pick the phase (STD / CSG / joint), set the learning rates, run the
+batches (seeded per epoch so an epoch can be replayed exactly), step the
+optimisers, let the method project its gate, evaluate, append one JSON line to
+``log.jsonl`` and write the checkpoint atomically. ``resume`` continues from the
+last checkpoint and ends at bit-identical weights to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data import Augment, load_dataset
+from ..errors import CsgError
+from ..hooks import resolve_module
+from ..io import append_jsonl, atomic_write_bytes, read_jsonl
+from ..methods import build_method
+from ..model import GatedClassifier, build_model
+from ..rundir import CHECKPOINT, CONFIG, LOG, RunDir
+from ..training.schedule import STD, lr_factor
+from .checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .distributed import DistContext, init_distributed
+
+# Config keys that may change on --resume without changing the result's meaning.
+_RESUMABLE_CHANGES = {"device", "threads", "out", "evaluate", "eval_every", "checkpoint_every", "epochs",
+                      "eval_batch_size"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CsgError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CsgError(f"--device {name} asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's data order and augmentation (distinct, reproducible)."""
+    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63 - 1)
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import sklearn
+
+    return {"csg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
+
+
+def set_trainable(model: GatedClassifier, below: str | None) -> None:
+    """Freeze every backbone parameter registered before the module ``below`` (None: train all)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(True)
+    if below is None:
+        return
+    resolve_module(model.backbone, below)  # clear error for an unknown name
+    for name, p in model.backbone.named_parameters():
+        if name == below or name.startswith(below + "."):
+            break
+        p.requires_grad_(False)
+
+
+class Trainer:
+    """Train ``cfg.method`` on ``cfg.data`` into the run directory ``cfg.out``."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
+                 model: GatedClassifier | None = None, train_set=None, test_set=None):
+        if cfg.out is None:
+            raise CsgError("--out RUN is required: the run directory to write")
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.dist: DistContext = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device) if not self.dist.enabled else self.dist.device
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.run = RunDir(cfg.out, must_exist=False)
+        self._check_resume()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % (2**32))
+        self.train_set = train_set if train_set is not None else load_dataset(
+            cfg.data, "train", data_dir=cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
+        self.test_set = test_set if test_set is not None else load_dataset(
+            cfg.data, "test", data_dir=cfg.data_dir, subset=cfg.test_subset, seed=cfg.seed)
+        self._check_data()
+        self.method = build_method(cfg)
+        if model is None:
+            model = build_model(cfg.arch, self.train_set.num_classes, self.train_set.in_channels,
+                                input_mean=self.train_set.mean, input_std=self.train_set.std,
+                                small_input=cfg.small_input)
+        elif model.num_classes != self.train_set.num_classes:
+            raise CsgError(f"the model has {model.num_classes} classes but {cfg.data} has "
+                           f"{self.train_set.num_classes}; build it with num_classes={self.train_set.num_classes}")
+        self.model = model
+        self.method.attach(self.model)
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.augment = Augment(crop_padding=cfg.crop_padding, hflip=cfg.hflip)
+        self.optimizers = self._build_optimizers()
+        self.ddp_model = self.dist.wrap(self.model)
+        self.start_epoch = 0
+        self.start_batch = 0
+        self.partial: dict[str, float] = {}
+
+    # ---- set-up --------------------------------------------------------------
+    def _check_resume(self) -> None:
+        ckpt = self.run.file(CHECKPOINT)
+        if self.resume:
+            if not ckpt.is_file():
+                raise CsgError(f"--resume: {ckpt} does not exist; start without --resume")
+            old = TrainConfig.from_dict(self.run.config).to_dict()
+            new = self.cfg.to_dict()
+            changed = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]]
+            if changed:
+                k = changed[0]
+                raise CsgError(f"--resume: {k} was {old.get(k)!r} in {self.run.path} but is now {new[k]!r}; "
+                               "resume with the same settings or train into a new --out")
+        elif ckpt.is_file() and self.dist.is_main:
+            raise CsgError(f"{self.run.path} already holds a run; continue it with --resume or choose another --out")
+
+    def _check_data(self) -> None:
+        if self.train_set.num_classes != self.test_set.num_classes:
+            raise CsgError(f"{self.cfg.data}: train split has {self.train_set.num_classes} classes but the test "
+                           f"split has {self.test_set.num_classes}")
+        if self.train_set.images.shape[1:] != self.test_set.images.shape[1:]:
+            raise CsgError(f"{self.cfg.data}: train images are {tuple(self.train_set.images.shape[1:])} but test "
+                           f"images are {tuple(self.test_set.images.shape[1:])}")
+
+    def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.cfg
+        extra = self.method.extra_parameters(self.model)
+        extra_ids = {id(p) for p in extra}
+        main = [p for p in self.model.parameters() if id(p) not in extra_ids and p.requires_grad]
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizers = {"model": opt}
+        if extra:
+            if cfg.gate_optimizer == "sgd":
+                optimizers["gate"] = torch.optim.SGD(extra, lr=cfg.gate_lr, momentum=cfg.momentum)
+            else:
+                optimizers["gate"] = torch.optim.Adam(extra, lr=cfg.gate_lr)
+        for o in optimizers.values():
+            for g in o.param_groups:
+                g["initial_lr"] = g["lr"]
+        return optimizers
+
+    def _set_epoch_lrs(self, epoch: int, phase: str) -> dict[str, float]:
+        cfg = self.cfg
+        factor = lr_factor(epoch, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.gamma)
+        lrs = {}
+        for name, opt in self.optimizers.items():
+            for g in opt.param_groups:
+                base = g["initial_lr"]
+                if name == "model" and phase != STD and cfg.csg_lr is not None:
+                    base = cfg.csg_lr
+                g["lr"] = base * factor
+            lrs[name] = opt.param_groups[0]["lr"]
+        return lrs
+
+    def _set_phase_trainable(self, phase: str) -> None:
+        below = self.cfg.csg_freeze_below if (phase != STD and self.cfg.csg_freeze_below) else self.cfg.freeze_below
+        set_trainable(self.model, below)
+
+    def _write_config(self) -> None:
+        cfg = self.cfg.to_dict()
+        cfg.update(num_classes=self.train_set.num_classes, in_channels=self.train_set.in_channels,
+                   image_size=list(self.train_set.image_size), classes=list(self.train_set.classes),
+                   input_mean=list(self.train_set.mean), input_std=list(self.train_set.std),
+                   num_filters=self.model.num_filters, feature_layer=self.model.feature_layer,
+                   train_size=len(self.train_set), test_size=len(self.test_set),
+                   versions=package_versions(), command=" ".join(sys.argv))
+        self.run.write_json(CONFIG, cfg)
+
+    # ---- running -------------------------------------------------------------
+    def fit(self) -> RunDir:
+        cfg = self.cfg
+        if self.resume:
+            meta = restore_checkpoint(self.run.file(CHECKPOINT), self.model, self.optimizers)
+            self.start_epoch = int(meta["epoch"])
+            self.start_batch = int(meta.get("next_batch", 0))
+            self.partial = meta.get("partial", {})
+            if self.dist.is_main:
+                self._truncate_log(self.start_epoch)
+        elif self.dist.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            if self.run.has(LOG):
+                self.run.file(LOG).unlink()
+        if self.resume and self.dist.is_main:
+            self._write_config()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            record = self._train_epoch(epoch)
+            if self.dist.is_main:
+                self._save(epoch + 1, 0, {})
+                append_jsonl(self.run.file(LOG), record)
+            self.start_batch, self.partial = 0, {}
+        if self.dist.is_main:
+            gate = self.method.gate_matrix(self.model)
+            if gate is not None:
+                self.run.write_npy("gate.npy", gate)
+        self.dist.barrier()
+        return self.run
+
+    def _save(self, epoch: int, next_batch: int, partial: dict) -> None:
+        save_checkpoint(self.run.file(CHECKPOINT), self.model, self.optimizers,
+                        meta={"epoch": epoch, "next_batch": next_batch, "partial": partial,
+                              "method": self.cfg.method})
+
+    def _truncate_log(self, epochs_done: int) -> None:
+        path = self.run.file(LOG)
+        if not path.is_file():
+            return
+        keep = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
+        import json
+
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg = self.cfg
+        phase = self.method.phase(epoch)
+        lrs = self._set_epoch_lrs(epoch, phase)
+        self._set_phase_trainable(phase)
+        model = self.ddp_model
+        model.train()
+        generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+        batches = self.train_set.batches(cfg.batch_size, shuffle=True, generator=generator, device=self.device,
+                                         augment=self.augment, drop_last=False, start_batch=self.start_batch,
+                                         **self._shard_kwargs())
+        n_total = self._num_batches()
+        sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.partial.items()}
+
+        def add(key: str, value) -> None:
+            value = value.detach().double() if torch.is_tensor(value) else torch.tensor(float(value), dtype=torch.float64)
+            sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64)) + value.cpu()
+
+        bar = tqdm(total=n_total, initial=self.start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs} [{phase}]",
+                   leave=False, disable=self._progress_disabled(), dynamic_ncols=True)
+        start = time.perf_counter()
+        seen = 0
+        batch_index = self.start_batch
+        for images, labels in batches:
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            out = self.method.step(model, images, labels, phase)
+            if not torch.isfinite(out.loss):
+                raise CsgError(f"loss became {out.loss.item()} at epoch {epoch + 1}, batch {batch_index + 1}; the "
+                               f"last good checkpoint is kept in {self.run.path}; lower --lr (now {cfg.lr}) or "
+                               "--gate-lr and train again")
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            for opt in self.optimizers.values():
+                opt.step()
+            self.method.after_step(self.model, phase)
+            n = labels.shape[0]
+            seen += n
+            add("n", n)
+            add("loss", out.loss * n)
+            for key, value in out.terms.items():
+                add(key, value * n)
+            if out.logits is not None:
+                add("correct", (out.logits.argmax(1) == labels).sum())
+                add("n_std", n)
+            if out.csg_logits is not None:
+                add("correct_csg", (out.csg_logits.argmax(1) == labels).sum())
+                add("n_csg", n)
+            batch_index += 1
+            bar.update(1)
+            if batch_index % 10 == 0 or batch_index == n_total:
+                bar.set_postfix(loss=f"{float(sums['loss'] / sums['n']):.3f}",
+                                acc=f"{float(sums.get('correct', 0) / max(float(sums.get('n_std', 1)), 1)):.3f}")
+            if cfg.checkpoint_every and batch_index % cfg.checkpoint_every == 0 and batch_index < n_total \
+                    and self.dist.is_main:
+                self._save(epoch, batch_index, {k: float(v) for k, v in sums.items()})
+        bar.close()
+        seconds = time.perf_counter() - start
+        totals = {k: float(v) for k, v in ((k, self.dist.all_reduce_sum(v)) for k, v in sums.items())}
+        n = max(totals.get("n", 0.0), 1.0)
+        record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "loss": totals.get("loss", math.nan) / n}
+        for key in sorted(set(totals) - {"n", "loss", "correct", "correct_csg", "n_std", "n_csg"}):
+            record[key] = totals[key] / n
+        if totals.get("n_std"):
+            record["train_accuracy"] = totals["correct"] / totals["n_std"]
+        if totals.get("n_csg"):
+            record["train_csg_accuracy"] = totals["correct_csg"] / totals["n_csg"]
+        record.update(self.method.epoch_summary(self.model))
+        record["lr"] = lrs.get("model")
+        if "gate" in lrs:
+            record["gate_lr"] = lrs["gate"]
+        record["seconds"] = seconds
+        record["images_per_second"] = seen * self.dist.world_size / seconds if seconds > 0 else None
+        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            record.update(self._quick_eval())
+        if self.dist.is_main:
+            self._print_epoch(record)
+        return record
+
+    def _shard_kwargs(self) -> dict[str, int]:
+        return {"rank": self.dist.rank, "world_size": self.dist.world_size} if self.dist.enabled else {}
+
+    def _num_batches(self) -> int:
+        per_rank = math.ceil(len(self.train_set) / self.dist.world_size)
+        return math.ceil(per_rank / self.cfg.batch_size)
+
+    def _progress_disabled(self) -> bool:
+        if not self.dist.is_main:
+            return True
+        if self.progress is None:
+            return None  # tqdm: only on a terminal
+        return not self.progress
+
+    @torch.no_grad()
+    def _quick_eval(self) -> dict[str, float]:
+        from .evaluate import capture_features
+
+        captured = capture_features(self.model, self.test_set, batch_size=self.cfg.eval_batch_size,
+                                    device=self.device)
+        out = {"test_accuracy": float((captured["predictions"] == captured["labels"]).mean())}
+        if "csg_predictions" in captured:
+            out["test_csg_accuracy"] = float((captured["csg_predictions"] == captured["labels"]).mean())
+        return out
+
+    def _print_epoch(self, r: dict[str, Any]) -> None:
+        parts = [f"epoch {r['epoch']:>3}/{self.cfg.epochs} {r['phase']:<5}", f"loss {r['loss']:.4f}"]
+        if "train_accuracy" in r:
+            parts.append(f"train {r['train_accuracy']:.4f}")
+        if "test_accuracy" in r:
+            parts.append(f"test {r['test_accuracy']:.4f}")
+        if "l1_density" in r:
+            parts.append(f"L1-density {r['l1_density']:.4f}")
+        parts.append(f"{r['images_per_second']:.0f} img/s")
+        print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None, **kwargs) -> RunDir:
+    """Train one run (the Python form of ``csg train``) and return its directory."""
+    trainer = Trainer(cfg, resume=resume, progress=progress, **kwargs)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.close()
