@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The main job: train STD, CSG, ICNN and PICNN on Fashion-MNIST with the same seed and epochs,
+# measure them, analyse them, write a report per run and one comparison page.
+# About 25 minutes on 2 CPU cores. Environment knobs: RUNS (output folder), EPOCHS, SUBSET, SEED, METHODS.
+set -euo pipefail
+RUNS=${RUNS:-runs/fashion-mnist}
+EPOCHS=${EPOCHS:-12}
+SUBSET=${SUBSET:-20000}
+SEED=${SEED:-0}
+METHODS=${METHODS:-"std csg icnn picnn"}
+mkdir -p "$RUNS"
+dirs=()
+for m in $METHODS; do
+  run="$RUNS/$m-seed$SEED"
+  if [ -f "$run/checkpoint.safetensors" ] && [ ! -f "$run/metrics.json" ]; then
+    csg train --resume --method "$m" --epochs "$EPOCHS" --subset "$SUBSET" --seed "$SEED" --out "$run"
+  elif [ ! -f "$run/metrics.json" ]; then
+    csg train --method "$m" --epochs "$EPOCHS" --subset "$SUBSET" --seed "$SEED" --out "$run"
+  fi
+  csg analyze "$run"
+  csg report "$run"
+  dirs+=("$run")
+done
+csg compare "${dirs[@]}" --out "$RUNS/compare"
+echo "comparison page: $RUNS/compare/index.html"
