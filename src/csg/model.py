@@ -65,7 +65,8 @@ class GatedClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.feature_layer = feature_layer
-        self._feature_module = resolve_module(backbone, feature_layer) if feature_layer else None
+        # kept out of the module registry: it is already registered inside the backbone
+        self.__dict__["_feature_module"] = resolve_module(backbone, feature_layer) if feature_layer else None
         self.head_name = head
         if head is not None:
             head_module = resolve_module(backbone, head)

@@ -47,7 +47,12 @@ def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, met
             state.setdefault(int(pid), {})[field] = value
     for pid, entries in info["scalars"].items():
         state.setdefault(int(pid), {}).update(entries)
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    groups = []
+    for saved, current in zip(info["param_groups"], opt.param_groups):
+        # JSON turns tuples (Adam's betas) into lists; give them back their type
+        groups.append({k: tuple(v) if isinstance(current.get(k), tuple) and isinstance(v, list) else v
+                       for k, v in saved.items()})
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer] | None = None,

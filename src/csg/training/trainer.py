@@ -140,9 +140,10 @@ class Trainer:
         if self.train_set.num_classes != self.test_set.num_classes:
             raise CsgError(f"{self.cfg.data}: train split has {self.train_set.num_classes} classes but the test "
                            f"split has {self.test_set.num_classes}")
-        if self.train_set.images.shape[1:] != self.test_set.images.shape[1:]:
-            raise CsgError(f"{self.cfg.data}: train images are {tuple(self.train_set.images.shape[1:])} but test "
-                           f"images are {tuple(self.test_set.images.shape[1:])}")
+        train_shape = (self.train_set.in_channels, *self.train_set.image_size)
+        test_shape = (self.test_set.in_channels, *self.test_set.image_size)
+        if train_shape != test_shape:
+            raise CsgError(f"{self.cfg.data}: train images are {train_shape} but test images are {test_shape}")
 
     def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.cfg
@@ -331,10 +332,11 @@ class Trainer:
 
     @torch.no_grad()
     def _quick_eval(self) -> dict[str, float]:
-        from .evaluate import capture_features
+        from .distributed import capture_features_sharded
 
-        captured = capture_features(self.model, self.test_set, batch_size=self.cfg.eval_batch_size,
-                                    device=self.device)
+        # each rank evaluates every W-th image; the gathered arrays are the single-process ones
+        captured = capture_features_sharded(self.dist, self.model, self.test_set,
+                                            batch_size=self.cfg.eval_batch_size, device=self.device)
         out = {"test_accuracy": float((captured["predictions"] == captured["labels"]).mean())}
         if "csg_predictions" in captured:
             out["test_csg_accuracy"] = float((captured["csg_predictions"] == captured["labels"]).mean())
@@ -357,5 +359,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     trainer = Trainer(cfg, resume=resume, progress=progress, **kwargs)
     try:
         return trainer.fit()
+    except BaseException as exc:
+        # torchrun: a stopped rank or a collective timeout becomes one line naming the rank and the run
+        replacement = trainer.dist.on_error(exc, trainer.run.path)
+        if replacement is None:
+            raise
+        raise replacement from exc
     finally:
         trainer.dist.close()

@@ -1,0 +1,248 @@
+"""Black-box attacks that see only predicted probabilities (METHOD.md section 6).
+
+Both are untargeted (success: the prediction leaves the true class) and run
+under ``torch.no_grad()``: they never ask the model for a gradient.
+
+* :func:`one_pixel_attack` (Su, Vargas, Sakurai 2019): differential evolution
+  over ``(x, y, v_1..v_C)`` for ``pixels`` pixels, minimising the true class's
+  probability; SciPy's ``differential_evolution`` with a vectorised objective,
+  so one model call scores the whole population.
+* :func:`local_search_attack` (Narodytska & Kasiviswanathan 2016, LocSearchAdv),
+  batched over images: per round, score every candidate location by the
+  true-class probability after setting that pixel to ``p * sign(I)``, apply
+  the cyclic transformation to the ``t`` best, and move the candidates to the
+  ``(2d+1)^2`` neighbourhoods of those ``t`` pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import CsgError
+from .attacks import Model, model_device
+
+
+@dataclass
+class BlackBoxResult:
+    """Per-image outcome: adversarial images (clean where it failed), success, model queries used."""
+
+    images: torch.Tensor
+    success: torch.Tensor
+    queries: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if len(self.success) else float("nan")
+
+
+@torch.no_grad()
+def _probs(model: Model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    out = [torch.softmax(model(images[i:i + batch_size]).float(), dim=1) for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else images.new_zeros((0, 0))
+
+
+def _check_images(images: torch.Tensor, labels: torch.Tensor) -> None:
+    if images.dim() != 4:
+        raise CsgError(f"black-box attack inputs must be images N x C x H x W, got shape {tuple(images.shape)}")
+    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise CsgError("black-box attack inputs must be images in [0, 1]")
+    if len(images) != len(labels):
+        raise CsgError(f"{len(images)} images but {len(labels)} labels")
+
+
+@torch.no_grad()
+def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *, pixels: int = 1,
+                     population: int = 400, max_iter: int = 100, max_queries: int | None = None,
+                     mutation: float = 0.5, recombination: float = 1.0, seed: int = 0,
+                     batch_size: int = 1024) -> BlackBoxResult:
+    """Change at most ``pixels`` pixels (all channels of each) to fool the model; one DE run per image.
+
+    The candidate is ``(x_1, y_1, v_1..v_C, ..., x_k, y_k, ...)`` with pixel
+    coordinates floored to integers and values in [0, 1]; the fitness is the
+    true-class probability ``P(y | x')`` (minimised). Settings follow Su et al.:
+    population 400, F = 0.5, no crossover (``recombination = 1``), 100
+    generations, stop at the first generation whose best member fools the
+    model. ``max_queries`` caps the model evaluations per image (the initial
+    population counts as one generation).
+    """
+    from scipy.optimize import differential_evolution
+
+    _check_images(images, labels)
+    if pixels < 1:
+        raise CsgError(f"one-pixel attack needs pixels >= 1, got {pixels}")
+    device = model_device(model) or images.device
+    n, c, h, w = images.shape
+    dim = pixels * (2 + c)
+    multiplier = max(1, math.ceil(population / dim))
+    pop_size = multiplier * dim
+    if max_queries is not None:
+        max_iter = max(0, min(max_iter, int(max_queries) // pop_size - 1))
+    bounds = [(0, w - 1e-6), (0, h - 1e-6)] + [(0.0, 1.0)] * c
+    bounds = bounds * pixels
+    adv_all = images.clone()
+    success = torch.zeros(n, dtype=torch.bool)
+    queries = torch.zeros(n, dtype=torch.long)
+
+    def apply(image: torch.Tensor, cand: np.ndarray) -> torch.Tensor:
+        """``cand`` (dim x P) -> P perturbed copies of ``image`` (one indexed write per pixel, no sample loop)."""
+        cand_t = torch.as_tensor(cand, dtype=torch.float32, device=device)
+        p_count = cand_t.shape[1]
+        out = image.unsqueeze(0).repeat(p_count, 1, 1, 1)
+        rows = torch.arange(p_count, device=device)
+        for k in range(pixels):
+            block = cand_t[k * (2 + c):(k + 1) * (2 + c)]
+            xs = block[0].floor().long().clamp_(0, w - 1)
+            ys = block[1].floor().long().clamp_(0, h - 1)
+            out[rows, :, ys, xs] = block[2:].T
+        return out
+
+    for i in range(n):
+        image = images[i].to(device, torch.float32)
+        label = int(labels[i])
+        state = {"queries": 0, "found": None}
+
+        def fitness(cand: np.ndarray) -> np.ndarray:
+            cand = cand.reshape(dim, -1)
+            probs = _probs(model, apply(image, cand), batch_size)
+            state["queries"] += cand.shape[1]
+            fooled = probs.argmax(1) != label
+            if state["found"] is None and bool(fooled.any()):
+                state["found"] = cand[:, int(fooled.nonzero()[0])].copy()
+            return probs[:, label].cpu().numpy().astype(np.float64)
+
+        def stop(intermediate_result) -> bool:
+            return state["found"] is not None
+
+        result = differential_evolution(
+            fitness, bounds, strategy="rand1bin", maxiter=max_iter, popsize=multiplier, tol=-1, atol=0,
+            mutation=mutation, recombination=recombination, rng=np.random.default_rng([int(seed), i]),
+            callback=stop, polish=False, init="random", updating="deferred", vectorized=True)
+        best = state["found"] if state["found"] is not None else result.x
+        candidate = apply(image, np.asarray(best).reshape(dim, 1))[0]
+        fooled = int(_probs(model, candidate[None], 1).argmax(1)) != label
+        queries[i] = state["queries"] + 1
+        if fooled:
+            adv_all[i] = candidate.to(images.device)
+            success[i] = True
+    return BlackBoxResult(adv_all, success, queries, {"pixels": pixels, "population": pop_size})
+
+
+def _cyclic(z: torch.Tensor, lb: float, ub: float) -> torch.Tensor:
+    """CYC(z): ``z + (UB - LB)`` below LB, ``z - (UB - LB)`` above UB, else ``z`` (the paper's eq.)."""
+    span = ub - lb
+    return torch.where(z < lb, z + span, torch.where(z > ub, z - span, z))
+
+
+@torch.no_grad()
+def local_search_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *, p: float = 10.0,
+                        r: float = 1.5, d: int = 5, t: int = 5, rounds: int = 150, k: int = 1,
+                        seed_fraction: float = 0.1, max_queries: int | None = None, seed: int = 0,
+                        batch_size: int = 1024, images_per_batch: int = 16) -> BlackBoxResult:
+    """LocSearchAdv (Narodytska & Kasiviswanathan 2016, Algorithm 3), batched over images, no gradients.
+
+    Images are mapped to ``I = x - 1/2`` in ``[LB, UB] = [-1/2, 1/2]`` (as
+    foolbox does). With ``g(I, u) = P(y | PERT(I, p, u))`` where
+    ``PERT`` sets every channel of pixel ``u`` to ``p * sign(I(u))``:
+
+    1. start from a random ``seed_fraction`` of the pixel locations;
+    2. each round, score every candidate ``u`` by ``g``; keep the ``t`` lowest
+       (the pixels whose saturation hurts the true class most);
+    3. set ``I(b, u) = CYC(r * I(b, u))`` on every channel ``b`` of those pixels;
+    4. stop (success) when ``y`` leaves the top-``k`` predictions;
+    5. the next candidates are the ``(2d+1) x (2d+1)`` squares around the ``t`` pixels.
+
+    Defaults ``p = 10, r = 1.5, d = 5, t = 5, R = 150`` are foolbox's (its
+    ``LocalSearchAttack``). ``max_queries`` caps the model evaluations per image.
+    ``images_per_batch`` images are searched together (each round scores up to
+    ``t (2d+1)^2`` probes per image in batches of ``batch_size``).
+    """
+    _check_images(images, labels)
+    if not 0 <= r <= 2:
+        raise CsgError(f"local search needs 0 <= r <= 2 (the cyclic transformation), got r={r}")
+    parts = []
+    for start in range(0, len(images), max(1, images_per_batch)):
+        sl = slice(start, start + max(1, images_per_batch))
+        parts.append(_local_search_batch(model, images[sl], labels[sl], p=p, r=r, d=d, t=t, rounds=rounds, k=k,
+                                         seed_fraction=seed_fraction, max_queries=max_queries,
+                                         seed=int(seed) * 1_000_003 + start, batch_size=batch_size))
+    if not parts:
+        return BlackBoxResult(images.clone(), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+    return BlackBoxResult(torch.cat([q.images for q in parts]), torch.cat([q.success for q in parts]),
+                          torch.cat([q.queries for q in parts]), parts[0].extra)
+
+
+def _local_search_batch(model, images, labels, *, p, r, d, t, rounds, k, seed_fraction, max_queries, seed,
+                        batch_size) -> BlackBoxResult:
+    device = model_device(model) or images.device
+    n, c, h, w = images.shape
+    hw = h * w
+    lb, ub = -0.5, 0.5
+    cur = (images.to(device, torch.float32) - 0.5).reshape(n, c, hw).clone()
+    y = labels.to(device).long()
+    gen = torch.Generator().manual_seed(int(seed))
+    n_seed = max(1, int(seed_fraction * hw))
+    cand = torch.rand(n, hw, generator=gen).argsort(dim=1)[:, :n_seed].to(device)  # (n, M) flat locations
+    valid = torch.ones_like(cand, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    queries = torch.zeros(n, dtype=torch.long, device=device)
+    budget = float("inf") if max_queries is None else int(max_queries)
+    offs = torch.arange(-d, d + 1, device=device)
+    dy, dx = torch.meshgrid(offs, offs, indexing="ij")
+    dy, dx = dy.reshape(-1), dx.reshape(-1)
+    t_eff = t
+    for _ in range(rounds):
+        # Images still running, and candidates within each one's budget.
+        active = ~done & (queries + valid.sum(1) + 1 <= budget)
+        live = valid & active[:, None]
+        if not bool(live.any()):
+            break
+        rows, cols = live.nonzero(as_tuple=True)
+        locs = cand[rows, cols]
+        probe = cur[rows].clone()  # (P, C, HW)
+        pix = probe[torch.arange(len(rows), device=device), :, locs]  # (P, C)
+        probe[torch.arange(len(rows), device=device), :, locs] = p * torch.sign(pix)
+        scores = torch.full(cand.shape, float("inf"), device=device)
+        scores[rows, cols] = _probs(model, (probe + 0.5).reshape(-1, c, h, w), batch_size)[
+            torch.arange(len(rows), device=device), y[rows]]
+        queries += live.sum(1)
+        t_eff = min(t, cand.shape[1])
+        best_scores, best_cols = scores.topk(t_eff, dim=1, largest=False)
+        chosen = cand.gather(1, best_cols)  # (n, t)
+        chosen_ok = torch.isfinite(best_scores) & active[:, None]
+        # Cyclic transformation of every channel of the chosen pixels.
+        idx = chosen.unsqueeze(1).expand(n, c, t_eff)
+        old = cur.gather(2, idx)
+        new = torch.where(chosen_ok.unsqueeze(1), _cyclic(r * old, lb, ub), old)
+        cur.scatter_(2, idx, new)
+        # Success test: the true class leaves the top-k.
+        logits = torch.cat([model((cur[i:i + batch_size] + 0.5).reshape(-1, c, h, w))
+                            for i in range(0, n, batch_size)])
+        topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
+        fooled = ~(topk == y[:, None]).any(1)
+        queries += active.long()
+        done |= active & fooled
+        # Next candidates: the (2d+1)^2 squares around the chosen pixels, inside the image, without repeats.
+        cy, cx = chosen // w, chosen % w
+        ny = cy.unsqueeze(2) + dy  # (n, t, S)
+        nx = cx.unsqueeze(2) + dx
+        ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w) & chosen_ok.unsqueeze(2)
+        flat = torch.where(ok, ny * w + nx, torch.full_like(ny, hw)).reshape(n, -1)
+        flat, _ = flat.sort(dim=1)
+        repeat = torch.zeros_like(flat, dtype=torch.bool)
+        repeat[:, 1:] = flat[:, 1:] == flat[:, :-1]
+        valid = (flat < hw) & ~repeat
+        cand = flat.clamp(max=hw - 1)
+    adv = (cur + 0.5).reshape(n, c, h, w).clamp_(0, 1)
+    success = done.clone()
+    # A failed image is returned as its last iterate (the perturbation the search reached).
+    return BlackBoxResult(adv.to(images.device), success.cpu(), queries.cpu(),
+                          {"p": p, "r": r, "d": d, "t": t, "rounds": rounds, "k": k})
+
+
+BLACKBOX = {"one-pixel": one_pixel_attack, "local-search": local_search_attack}
+
+__all__ = ["BlackBoxResult", "one_pixel_attack", "local_search_attack", "BLACKBOX"]

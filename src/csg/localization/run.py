@@ -1,0 +1,188 @@
+"""The localization pipeline: maps -> regions -> IoU/AP against object masks -> JSON and figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CsgError
+from .maps import METHODS, MapMethod, build_method
+from .scoring import FilterScores, ImageScores, iou
+
+#: datasets whose images come with object masks
+MASKED_DATASETS = ("fashion-mnist-clutter", "voc-animals")
+#: map values held at once (N x K x H x W floats), to bound memory on big models
+ELEMENT_BUDGET = 1 << 25
+
+
+def check_model_data(model, dataset, in_channels: int | None = None) -> None:
+    """The model must take the data's channels and predict its classes."""
+    channels = int(dataset.images.shape[1])
+    expected = int(in_channels) if in_channels is not None else int(model.input_mean.shape[1])
+    # without a config, a 1-channel normalisation buffer may just be a default; trust it only if > 1
+    if expected != channels and (in_channels is not None or expected > 1):
+        raise CsgError(f"the model takes {expected}-channel images but {dataset.name} has {channels}; "
+                       "localize with the data the run was trained on")
+    if len(dataset.classes) != model.num_classes:
+        raise CsgError(f"the model predicts {model.num_classes} classes but {dataset.name} has "
+                       f"{len(dataset.classes)}; localize with the data the run was trained on")
+    if dataset.masks is None:
+        raise CsgError(f"dataset {dataset.name!r} has no object masks; localization needs one of: "
+                       f"{', '.join(MASKED_DATASETS)}")
+
+
+def select_images(n: int, max_images: int | None, seed: int = 0) -> torch.Tensor:
+    """All indices, or a seeded random ``max_images`` of them (sorted)."""
+    if max_images is None or max_images >= n:
+        return torch.arange(n)
+    if max_images < 1:
+        raise CsgError(f"--max-images must be positive, got {max_images}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:max_images].sort().values
+
+
+def _batches(dataset, index: torch.Tensor, batch_size: int, device):
+    for start in range(0, index.numel(), batch_size):
+        idx = index[start:start + batch_size]
+        images = dataset.images[idx].to(device=device, dtype=torch.float32) / 255.0
+        yield idx, images, dataset.labels[idx].to(device), dataset.masks[idx].to(device)
+
+
+def _batch_size(method: MapMethod, model, dataset, requested: int) -> int:
+    _, c, h, w = dataset.images.shape
+    per_image = (model.num_filters if method.per_filter else 1) * h * w * (c if method.name == "gradmap" else 1)
+    return int(max(1, min(requested, ELEMENT_BUDGET // max(per_image, 1))))
+
+
+def score_method(method: MapMethod, model, dataset, index: torch.Tensor, *, batch_size: int = 64,
+                 device="cpu", progress: bool = False):
+    """Run one method over the selected images: fit its region rule if needed, then score every region.
+
+    Returns ``(result dict, fitted region rule)``.
+    """
+    bs = _batch_size(method, model, dataset, batch_size)
+    rule = method.region_rule()
+
+    def loop(desc):
+        it = _batches(dataset, index, bs, device)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=(index.numel() + bs - 1) // bs, desc=desc, leave=False)
+        return it
+
+    if rule.needs_fit:  # first pass: the dataset-wide level per filter
+        for _, x, y, _ in loop(f"{method.name} levels"):
+            rule.update(method(model, x, y))
+    c = model.num_classes
+    scorer = FilterScores(c, model.num_filters) if method.per_filter else ImageScores(c)
+    for _, x, y, m in loop(method.name):
+        ious = iou(rule.regions(method(model, x, y)), m)
+        scorer.update(ious, y)
+    names = list(dataset.classes)
+    if method.per_filter:
+        result = scorer.result(select_ap=method.select_ap, class_names=names)
+        result["num_images"] = int(index.numel())
+    else:
+        result = scorer.result(class_names=names)
+    result["settings"] = {**method.describe(), **rule.describe()}
+    return result, rule
+
+
+def figure_rows(method: MapMethod, rule, model, dataset, index: torch.Tensor, result: dict, *,
+                per_class: int = 2, max_classes: int = 10, device="cpu") -> list[dict]:
+    """Rows for :func:`overlay_grid`: per class, its best filter (highest IoU among filters assigned to it)
+    on the first ``per_class`` evaluated images of the class; for CAM, the images alone."""
+    rows = []
+    labels = dataset.labels[index]
+    names = list(dataset.classes)
+    for c in range(min(len(names), max_classes)):  # a handful of figure rows, not a hot path
+        img_idx = index[labels == c][:per_class]
+        if img_idx.numel() == 0:
+            continue
+        x = dataset.images[img_idx].to(device=device, dtype=torch.float32) / 255.0
+        y = dataset.labels[img_idx].to(device)
+        masks = dataset.masks[img_idx].to(device)
+        if method.per_filter:
+            pf = result["per_filter"]
+            cand = [k for k, ck in enumerate(pf["class"]) if ck == c]
+            if not cand:
+                continue
+            k = max(cand, key=lambda j: pf["avg_iou"][j])
+            maps = method(model, x, y, filters=[k])
+            regions = rule.regions(maps, filters=[k])[:, 0]
+            maps = maps[:, 0]
+            tag = f"{names[c]}, filter {k}"
+        else:
+            maps = method(model, x, y)
+            regions = rule.regions(maps)
+            tag = names[c]
+        scores = iou(regions, masks)
+        for i in range(img_idx.numel()):
+            rows.append({"image": x[i].cpu().numpy(), "map": maps[i].detach().cpu().numpy(),
+                         "mask": masks[i].cpu().numpy(), "region": regions[i].cpu().numpy(),
+                         "iou": float(scores[i]), "label": f"{tag}\nimage {int(img_idx[i])}"})
+    return rows
+
+
+def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "cam"), *,
+             sigma: float | None = None, threshold: float | None = None, quantile: float | None = None,
+             max_images: int | None = None, batch_size: int = 64, device="cpu", seed: int = 0,
+             figures_dir: str | Path | None = None, progress: bool = False,
+             in_channels: int | None = None) -> dict:
+    """Score ``methods`` on ``dataset`` (which must have masks); returns ``{method: scores, "figures": [...]}``.
+
+    Each method's scores hold ``avg_iou``, ``ap20``, ``ap30`` at the top level and under ``total``,
+    ``per_class`` rows and its ``settings``; per-filter methods add ``per_filter`` (class, scores).
+    With ``figures_dir`` an overlay figure per method is drawn there.
+    """
+    check_model_data(model, dataset, in_channels)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CsgError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    model.eval()
+    index = select_images(len(dataset.labels), max_images, seed)
+    out: dict = {"num_images": int(index.numel()), "data": dataset.name}
+    figures = []
+    for name in methods:
+        method = build_method(name, sigma=sigma, threshold=threshold, quantile=quantile)
+        result, rule = score_method(method, model, dataset, index, batch_size=batch_size, device=device,
+                                    progress=progress)
+        out[name] = result
+        if figures_dir is not None:
+            from .figures import overlay_grid
+
+            rows = figure_rows(method, rule, model, dataset, index, result, device=device)
+            path = Path(figures_dir) / f"localization_{name}.png"
+            overlay_grid(rows, path, f"{name}: image, map, object mask, region "
+                                     f"(total IoU {result['avg_iou']:.3f})")
+            what = "its best filter per class" if method.per_filter else "per class"
+            figures.append({"path": f"figures/{path.name}",
+                            "caption": f"{name} on {dataset.name}, {what}: the map over the image, the object "
+                                       f"mask and the predicted region (avg IoU {result['avg_iou']:.3f}, "
+                                       f"AP20 {result['ap20']:.3f}, AP30 {result['ap30']:.3f})."})
+    out["figures"] = figures
+    return out
+
+
+def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradmap", "activmap", "cam"), *,
+                 data_dir: str | None = None, split: str = "test", device="cpu", **options) -> dict:
+    """``csg localize``: load the run's model and the masked dataset, score, write ``RUN/localization.json``."""
+    from ..data import load_dataset
+
+    cfg = run.config
+    name = data or cfg.get("data")
+    if name not in MASKED_DATASETS:
+        raise CsgError(f"dataset {name!r} has no object masks; localization needs one of: "
+                       f"{', '.join(MASKED_DATASETS)} (pass it with --data)")
+    dataset = load_dataset(name, split=split, data_dir=data_dir if data_dir is not None else cfg.get("data_dir"))
+    model = run.load_model(device)
+    result = localize(model, dataset, methods, device=device, figures_dir=run.figures_dir,
+                      in_channels=cfg.get("in_channels"), **options)
+    result["split"] = split
+    run.write_json("localization.json", result)
+    summary = {f"loc_{m}_{k}": result[m][k] for m in methods for k in ("avg_iou", "ap20", "ap30")}
+    run.update_metrics(summary)
+    return result

@@ -1,0 +1,5 @@
+"""Figures and HTML pages: the per-run report and the comparison of runs."""
+from .compare import compare_runs, localization_totals
+from .run_report import build_run_report
+
+__all__ = ["build_run_report", "compare_runs", "localization_totals"]

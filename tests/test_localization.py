@@ -1,0 +1,251 @@
+"""Localization: maps, regions, IoU/AP scoring and the `csg localize` pipeline (METHOD.md section 5)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from csg.errors import CsgError
+from csg.localization import (CAM, ActivMap, DatasetQuantile, FixedThreshold, GradMap, ImageQuantile,
+                              StreamingQuantile, assign_classes, filter_tables, gaussian_blur, iou, localize,
+                              score_filters, score_images)
+from csg.model import GatedClassifier
+
+
+def tiny_model(k: int = 4, c: int = 3, in_ch: int = 1, seed: int = 0) -> GatedClassifier:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(in_ch, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(6, k, 3, padding=1), nn.ReLU())
+    return GatedClassifier(net, "4", c, num_filters=k).eval()
+
+
+# ---- IoU and scoring -------------------------------------------------------------------------
+def test_iou_known_values():
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, :2, :] = True  # 8 pixels
+    masks[1, :, :1] = True  # 4 pixels
+    regions = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
+    regions[0, 0, :2, :] = True  # identical: 1
+    regions[0, 1, :1, :] = True  # inside: 4 / 8
+    regions[0, 2, 2:, :] = True  # disjoint: 0
+    regions[1, 0, :, :2] = True  # 4 / 8
+    regions[1, 1, :2, :1] = True  # 2 / 4
+    # regions[1, 2] empty: 0 / 4
+    expected = torch.tensor([[1.0, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64)
+    assert torch.equal(iou(regions, masks), expected)
+    assert torch.equal(iou(regions[:, 1], masks), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # both empty counts as 0, not nan
+    assert iou(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)).item() == 0.0
+
+
+def test_filter_equal_to_mask_scores_one():
+    torch.manual_seed(0)
+    n, c = 12, 3
+    masks = torch.rand(n, 8, 8) > 0.6
+    labels = torch.arange(n) % c
+    regions = torch.stack([masks, ~masks, torch.zeros_like(masks)], dim=1)  # filter 0 == mask
+    ious = iou(regions, masks)
+    res = score_filters(filter_tables(ious, labels, c), select_ap=20, class_names=["a", "b", "c"])
+    pf = res["per_filter"]
+    assert pf["avg_iou"][0] == 1.0 and pf["ap20"][0] == 1.0 and pf["ap30"][0] == 1.0
+    assert pf["avg_iou"][1] == 0.0 and pf["ap20"][1] == 0.0
+    # totals are means over the three filters
+    assert res["avg_iou"] == pytest.approx(1 / 3) and res["total"]["ap30"] == pytest.approx(1 / 3)
+
+
+def test_filter_class_rule_and_class_means():
+    # 2 classes x 3 images each, 3 filters; IoUs chosen by hand
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    ious = torch.tensor([
+        # f0   f1    f2
+        [0.25, 0.10, 0.50],
+        [0.25, 0.10, 0.50],
+        [0.10, 0.10, 0.50],
+        [0.05, 0.40, 0.35],
+        [0.05, 0.40, 0.10],
+        [0.05, 0.10, 0.10],
+    ], dtype=torch.float64)
+    t = filter_tables(ious, labels, 2)
+    # AP20: f0 = (2/3, 0), f1 = (0, 2/3), f2 = (1, 1/3); AP30: f0 = (0, 0) -> tie, broken by IoU
+    np.testing.assert_allclose(t["ap20"], [[2 / 3, 0, 1], [0, 2 / 3, 1 / 3]])
+    np.testing.assert_allclose(t["iou"][:, 0], [0.6 / 3, 0.05])
+    assert assign_classes(t, 20).tolist() == [0, 1, 0]
+    assert assign_classes(t, 30).tolist() == [0, 1, 0]  # f0 AP30 ties at 0: larger IoU (class 0) wins
+    res = score_filters(t, select_ap=20, class_names=["x", "y"])
+    # class x: filters 0 and 2 -> IoU mean of (0.2, 0.5); class y: filter 1 -> 0.3
+    assert res["per_class"]["x"]["avg_iou"] == pytest.approx((0.2 + 0.5) / 2)
+    assert res["per_class"]["x"]["num_filters"] == 2
+    assert res["per_class"]["y"]["avg_iou"] == pytest.approx(0.3)
+    assert res["per_class"]["y"]["ap20"] == pytest.approx(2 / 3)
+    assert res["avg_iou"] == pytest.approx((0.2 + 0.3 + 0.5) / 3)
+    assert res["ap20"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_cam_image_scores():
+    ious = np.array([0.1, 0.25, 0.3, 0.9])
+    labels = np.array([0, 0, 1, 1])
+    res = score_images(ious, labels, 2, ["a", "b"])
+    assert res["avg_iou"] == pytest.approx(0.3875)
+    assert res["ap20"] == pytest.approx(0.75) and res["ap30"] == pytest.approx(0.5)
+    assert res["per_class"]["a"]["avg_iou"] == pytest.approx(0.175)
+    assert res["per_class"]["b"]["ap30"] == 1.0
+
+
+# ---- regions -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["reflect", "mirror", "nearest", "constant", "wrap"])
+@pytest.mark.parametrize("sigma", [0.8, 3.0, 30.0])
+def test_blur_matches_scipy(mode, sigma):
+    rng = np.random.default_rng(1)
+    m = rng.random((2, 3, 19, 23))
+    ours = gaussian_blur(torch.from_numpy(m), sigma, mode=mode).numpy()
+    ref = np.stack([[gaussian_filter(m[i, j], sigma, mode=mode, truncate=4.0) for j in range(3)] for i in range(2)])
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_thresholds_by_hand():
+    maps = torch.tensor([[[0.5, 1.0], [1.5, 3.0]]])
+    assert FixedThreshold(1.0).regions(maps).tolist() == [[[False, False], [True, True]]]
+    # top 30% of [0.5, 1, 1.5, 3]: np.quantile(., 0.7) = 1.5 + 0.1 * 1.5 = 1.65 -> only 3.0
+    assert ImageQuantile(0.3).regions(maps).tolist() == [[[False, False], [False, True]]]
+    # top 60%: quantile 0.4 = 1.0 + 0.2 * 0.5 = 1.1 -> {1.5, 3}
+    assert ImageQuantile(0.6).regions(maps).tolist() == [[[False, False], [True, True]]]
+    x = torch.rand(5, 2, 7, 6)
+    lev = np.quantile(x.numpy().reshape(5, 2, -1), 0.7, axis=-1)
+    np.testing.assert_array_equal(ImageQuantile(0.3).regions(x).numpy(), x.numpy() >= lev[..., None, None])
+
+
+def test_streaming_quantile_matches_numpy():
+    torch.manual_seed(0)
+    sq = StreamingQuantile(3, bins=1024)
+    seen = []
+    for i in range(6):  # the range grows both ways from batch to batch
+        b = torch.randn(7, 3, 5, 4) * (1 + i) + 0.5 * i
+        b[:, 0] = b[:, 0].relu()  # a ReLU-like channel with many exact zeros
+        sq.update(b)
+        seen.append(b)
+    values = torch.cat(seen).transpose(0, 1).reshape(3, -1).numpy()
+    for p in (0.0, 0.3, 0.7, 0.9, 1.0):
+        est = sq.quantile(p).numpy()
+        exact = np.quantile(values.astype(np.float64), p, axis=1)
+        assert np.all(np.abs(est - exact) <= sq.bin_width().numpy() + 1e-12), (p, est, exact)
+    # the stated bound on the bin width, <= 4 x range / (bins - 1), holds
+    assert np.all(sq.bin_width().numpy() <= 4 * np.ptp(values.astype(np.float64), axis=1) / 1023)
+    rule = DatasetQuantile(0.3, bins=1024)
+    for b in seen:
+        rule.update(b)
+    level = rule.finish()
+    np.testing.assert_allclose(level.numpy(), np.quantile(values, 0.7, axis=1), atol=float(sq.bin_width().max()))
+
+
+# ---- maps --------------------------------------------------------------------------------------
+def test_batched_gradmap_equals_per_filter_autograd():
+    model = tiny_model(k=5, in_ch=3)
+    x = torch.rand(3, 3, 12, 12)
+    gm = GradMap(sigma=1.5, chunk=4)  # chunk < N*K forces several batched passes
+    maps = gm(model, x)
+    ref = []
+    for k in range(5):  # the slow way: one backward per filter
+        xx = x.clone().requires_grad_(True)
+        a = model.feature_maps(xx).mean(dim=(2, 3))[:, k].sum()
+        (g,) = torch.autograd.grad(a, xx)
+        mag = g.pow(2).sum(1).sqrt()
+        rms = mag.pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+        mag = torch.where(rms > 0, mag / rms.clamp(min=1e-30), torch.zeros_like(mag))  # dead filter: zero map
+        ref.append(np.stack([gaussian_filter(m, 1.5, mode="reflect") for m in mag.numpy()]))
+    ref = np.stack(ref, axis=1)
+    assert (np.abs(ref).reshape(3, 5, -1).max(-1) > 0).sum() >= 5  # most image-filter pairs are alive
+    np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-4, atol=1e-5)
+    sub = gm(model, x, filters=[3, 1])
+    np.testing.assert_allclose(sub.numpy(), ref[:, [3, 1]], rtol=1e-4, atol=1e-5)
+
+
+def test_activmap_and_cam_by_hand():
+    model = tiny_model(k=4, c=3)
+    x = torch.rand(2, 1, 8, 8)
+    a = model.feature_maps(x).detach()
+    am = ActivMap()(model, x)
+    for k in range(4):
+        ref = F.interpolate(a[:, k:k + 1], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+        torch.testing.assert_close(am[:, k], ref)
+    labels = torch.tensor([2, 0])
+    cam = CAM()(model, x, labels)
+    w = model.head.weight.detach()
+    for i in range(2):
+        low = (w[labels[i]][:, None, None] * a[i]).sum(0)
+        ref = F.interpolate(low[None, None], size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
+        torch.testing.assert_close(cam[i], ref, rtol=1e-5, atol=1e-6)
+
+
+class _MaskFilterNet(nn.Module):
+    """Feature map k = the image's own channel k (so a map can equal the mask exactly)."""
+
+    def forward(self, x):
+        return x
+
+
+def test_localize_pipeline_perfect_filter():
+    # filter 0's ActivMap is the object mask itself; filter 1 is its complement
+    n, h = 8, 8
+    torch.manual_seed(0)
+    masks = torch.zeros(n, h, h, dtype=torch.bool)
+    for i in range(n):
+        masks[i, i % 3:i % 3 + 5, 1:6] = True  # 25 of 64 pixels
+    images = torch.stack([masks, ~masks], 1).to(torch.uint8) * 255
+    from csg.data.dataset import ImageDataset
+
+    ds = ImageDataset(name="fashion-mnist-clutter", images=images, labels=torch.arange(n) % 2,
+                      classes=["a", "b"], masks=masks)
+    model = GatedClassifier(_MaskFilterNet(), "", 2, num_filters=2).eval()
+    res = localize(model, ds, ["activmap", "cam", "gradmap"], quantile=0.3, batch_size=3, in_channels=2)
+    pf = res["activmap"]["per_filter"]
+    # mask pixels are 39% > 30% of the set, so filter 0's top-30% level is 1.0 -> region == mask
+    assert pf["avg_iou"][0] == 1.0 and pf["ap30"][0] == 1.0
+    assert res["activmap"]["num_images"] == n
+    for m in ("activmap", "cam", "gradmap"):
+        assert set(res[m]) >= {"avg_iou", "ap20", "ap30", "total", "per_class"}
+        assert res[m]["total"]["avg_iou"] == res[m]["avg_iou"]
+
+
+def test_localize_rejects_data_without_masks_and_mismatch():
+    from csg.data.dataset import ImageDataset
+
+    model = tiny_model(k=4, c=3)
+    ds = ImageDataset(name="fashion-mnist", images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8),
+                      labels=torch.tensor([0, 1, 2]), classes=["a", "b", "c"])
+    with pytest.raises(CsgError, match="fashion-mnist-clutter"):
+        localize(model, ds, ["cam"])
+    ds2 = ImageDataset(name="x", images=torch.zeros(2, 1, 8, 8, dtype=torch.uint8), labels=torch.tensor([0, 1]),
+                       classes=["a", "b"], masks=torch.ones(2, 8, 8, dtype=torch.bool))
+    with pytest.raises(CsgError, match="classes"):
+        localize(model, ds2, ["cam"])
+
+
+# ---- the command -------------------------------------------------------------------------------
+def test_cli_localize_end_to_end(tmp_path, tiny_idx_dir, monkeypatch):
+    from csg.cli import main
+
+    monkeypatch.setenv("CSG_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    code = main(["train", "--data", "fashion-mnist-clutter", "--data-dir", str(tiny_idx_dir), "--arch", "resnet20",
+                 "--method", "csg", "--epochs", "1", "--subset", "40", "--batch-size", "40", "--out", str(run),
+                 "--no-progress", "--seed", "0", "--device", "cpu", "--no-evaluate", "--eval-every", "0"])
+    assert code == 0
+    code = main(["localize", str(run), "--data", "fashion-mnist-clutter", "--max-images", "4",
+                 "--no-progress", "--device", "cpu", "--sigma", "2"])
+    assert code == 0
+    out = json.loads((run / "localization.json").read_text())
+    for m in ("gradmap", "activmap", "cam"):
+        assert 0.0 <= out[m]["avg_iou"] <= 1.0 and out[m]["total"]["ap20"] == out[m]["ap20"]
+        assert len(out[m]["per_class"]) == 10
+    assert out["gradmap"]["settings"]["sigma"] == 2.0
+    assert out["num_images"] == 4
+    for fig in out["figures"]:
+        assert (run / fig["path"]).is_file()
+    assert len(out["figures"]) == 3
+    # the STD-data run cannot be localized: fashion-mnist has no masks
+    assert main(["localize", str(run), "--data", "fashion-mnist"]) == 2
