@@ -26,8 +26,6 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 if [ "$want_tests" = 1 ]; then
   "$PY" -m pip install -q -e ".[test]"
-  # the independent implementation our attacks are checked against (pure Python)
-  "$PY" -m pip install -q "adversarial-robustness-toolbox>=1.17" || echo "ART not installed: its cross-checks will be skipped" >&2
 else
   "$PY" -m pip install -q -e .
 fi

@@ -299,3 +299,17 @@ def test_csg_attack_rejects_bad_options(tmp_path, capsys):
     assert "deepfool" in capsys.readouterr().err
     assert main(["attack", str(tmp_path), "--train-sizes", "500,lots"]) == 2
     assert "--train-sizes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, named", [(["--query-budget", "0"], "--query-budget"), (["--trees", "0"], "--trees"),
+                                          (["--pgd-step-size", "-1"], "--pgd-step-size"),
+                                          (["--cw-steps", "0"], "--cw-steps"), (["--test-size", "0"], "--test-size"),
+                                          (["--blackbox-samples", "0"], "--blackbox-samples"),
+                                          (["--eps", "2"], "--eps")])
+def test_csg_attack_rejects_bad_numbers_before_loading(tmp_path, capsys, flags, named):
+    from csg.cli import main
+
+    (tmp_path / "config.json").write_text("{}")  # an empty run: the options must fail before it is read
+    assert main(["attack", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1

@@ -157,3 +157,16 @@ def test_voc_missing_and_cli(tmp_path):
     with np.load(tmp_path / "p" / "voc_animals.npz") as z:
         assert z["images"].shape == (3, 3, 32, 32)
     assert main(["prepare", "voc", str(tmp_path / "nothing"), "--out", str(tmp_path / "q")]) == 2
+
+
+def test_prepare_voc_without_out_writes_to_the_data_dir(tmp_path, monkeypatch, capsys):
+    """`csg prepare voc PATH` (issue 5's form): the output goes to $CSG_DATA_DIR, where `--data voc-animals`
+    finds it with no --data-dir."""
+    from csg.cli import main
+
+    make_tiny_voc(tmp_path / "VOC2010")
+    monkeypatch.setenv("CSG_DATA_DIR", str(tmp_path / "data"))
+    assert main(["prepare", "voc", str(tmp_path / "VOC2010"), "--size", "16", "--no-progress"]) == 0
+    assert "csg train --data voc-animals\n" in capsys.readouterr().out
+    ds = load_voc_objects("train", None, seed=0)
+    assert len(ds) + len(load_voc_objects("test", None, seed=0)) == 3

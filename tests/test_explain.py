@@ -105,3 +105,13 @@ def test_cli_explain(tiny_csg_run, tmp_path):
     assert rec["predicted_name"] in rec["probabilities"]
     assert all(isinstance(f["gate_classes"], list) for f in rec["filters"])  # a CSG run has a gate
     assert main(["explain", str(tiny_csg_run), str(tmp_path / "nope.png"), "--out", str(out)]) == 2
+
+
+def test_cli_explain_names_a_missing_image_before_loading_the_model(tmp_path, capsys):
+    from csg.cli import main
+
+    (tmp_path / "config.json").write_text("{}")  # no model here: the image check must come first
+    assert main(["explain", str(tmp_path), str(tmp_path / "nope.png"), str(tmp_path / "nope2.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope.png does not exist (and 1 more)" in err and len(err.splitlines()) == 1
+    assert main(["explain", str(tmp_path), str(tmp_path / "x.png"), "--sigma", "-2"]) == 2

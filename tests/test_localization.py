@@ -249,3 +249,15 @@ def test_cli_localize_end_to_end(tmp_path, tiny_idx_dir, monkeypatch):
     assert len(out["figures"]) == 3
     # the STD-data run cannot be localized: fashion-mnist has no masks
     assert main(["localize", str(run), "--data", "fashion-mnist"]) == 2
+
+
+@pytest.mark.parametrize("flags, named", [(["--methods", "gradmap,xx"], "xx"), (["--quantile", "2"], "--quantile"),
+                                          (["--sigma", "-1"], "--sigma"), (["--max-images", "0"], "--max-images"),
+                                          (["--data", "fashion-mnist"], "no object masks")])
+def test_cli_localize_rejects_bad_options_in_one_line(tmp_path, capsys, flags, named):
+    from csg.cli import main
+
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["localize", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -51,6 +52,53 @@ def assert_images_resolve(page: Path) -> int:
     return len(r.imgs)
 
 
+CLASS_NAMES = [f"class{c}" for c in range(10)]
+LOC_FIGURES = ("localization_gradmap.png", "localization_activmap.png", "localization_cam.png")
+ADV_FIGURES = ("adversarial_examples.png", "adversarial_detection.png")
+
+
+def write_localization_and_adversarial(run: RunDir, shift: float, seed: int) -> None:
+    """localization.json and adversarial.json in the layout ``csg localize`` / ``csg attack`` write, built by
+    the same scoring functions (on random IoUs and features, so fast), with their figures."""
+    from csg.adversarial.detector import detection_experiment
+    from csg.localization.scoring import filter_tables, score_filters, score_images
+
+    rng = np.random.default_rng(seed)
+    C, K, N = 10, 16, 60
+    labels = np.arange(N) % C
+    loc = {"num_images": N, "data": "fashion-mnist-clutter", "split": "test"}
+    for name, per_filter in (("gradmap", True), ("activmap", True), ("cam", False)):
+        if per_filter:
+            ious = np.clip(rng.uniform(0, 0.6, (N, K)) + shift, 0, 1)
+            res = score_filters(filter_tables(ious, labels, C), select_ap=20 if name == "gradmap" else 30,
+                                class_names=CLASS_NAMES)
+            res["num_images"] = N
+        else:
+            res = score_images(np.clip(rng.uniform(0, 0.6, N) + shift, 0, 1), labels, C, CLASS_NAMES)
+        res["settings"] = {"method": name, "sigma": 5.0}
+        loc[name] = res
+    loc["figures"] = [{"path": f"figures/{f}", "caption": f"overlay {f}"} for f in LOC_FIGURES]
+    src = run.path / "figures" / "analysis_r_s.png"
+    for f in LOC_FIGURES + ADV_FIGURES:
+        shutil.copy(src, run.figures_dir / f)
+    run.write_json("localization.json", loc)
+
+    def pool(n, gap):
+        clean = rng.normal(0, 1, (n * 2, 4)).astype(np.float32)
+        return {"clean": clean, "adv": clean + gap, "labels": np.arange(n * 2) % 2}
+
+    det = {a: detection_experiment(pool(12, g), pool(6, g), [4, 8], 3, repeats=3, seed=seed, n_estimators=5)
+           for a, g in (("fgsm", 0.3), ("pgd", 0.5))}
+    run.write_json("adversarial.json", {
+        "clean_accuracy": 0.8 + shift, "detection": det,
+        "attack_success": {a: {"success_rate": 0.9, "train_pairs": 16, "test_pairs": 6} for a in det},
+        "blackbox": {"one-pixel": {"success_rate": 0.15 - shift, "attempted": 20, "succeeded": 3 - 2 * int(shift > 0),
+                                   "mean_queries": 400.0},
+                     "local-search": {"success_rate": 0.25 - shift, "attempted": 20, "succeeded": 5}},
+        "settings": {"repeats": 3, "targeted": True}, "notes": ["a note from csg attack"],
+        "figures": [{"path": f"figures/{f}", "caption": f"adversarial {f}"} for f in ADV_FIGURES]})
+
+
 @pytest.fixture(scope="module")
 def fake_runs(tmp_path_factory):
     """Three synthetic runs (CSG seeds 0 and 1, STD seed 0); two analysed; one with localization and
@@ -62,14 +110,8 @@ def fake_runs(tmp_path_factory):
             for name, method, seed in (("csg-s0", "csg", 0), ("csg-s1", "csg", 1), ("std-s0", "std", 0))}
     for name in ("csg-s0", "std-s0"):
         run_analyses(runs[name], classes=[0, 1])
-    run = runs["csg-s0"]
-    shutil.copy(run.path / "figures" / "analysis_r_s.png", run.figures_dir / "loc_example.png")
-    run.write_json("localization.json", {
-        "gradmap": {"total": {"avg_iou": 0.30, "ap20": 0.81}},
-        "activmap": {"total": {"avg_iou": 0.42, "ap30": 0.82}},
-        "cam": {"total": {"avg_iou": 0.37, "ap30": 0.73}},
-        "figures": [{"path": "figures/loc_example.png", "caption": "a localization figure"}]})
-    run.write_json("adversarial.json", {"detection": {"fgsm": {"500": 0.045, "1000": 0.039}}, "figures": []})
+    write_localization_and_adversarial(runs["csg-s0"], shift=0.1, seed=0)
+    write_localization_and_adversarial(runs["std-s0"], shift=0.0, seed=1)
     return runs
 
 
@@ -80,11 +122,13 @@ def test_run_report_has_every_figure_and_the_numbers(fake_runs):
     n = assert_images_resolve(page)
     text = page.read_text(encoding="utf-8")
     analysis = json.loads((run.path / "analysis.json").read_text())
-    # gate, MI, overlap, curves + every analysis figure + the localization figure
-    assert n >= 4 + len(analysis["figures"]) + 1
+    # gate, MI, overlap, curves + every analysis, localization and adversarial figure
+    assert n >= 4 + len(analysis["figures"]) + len(LOC_FIGURES) + len(ADV_FIGURES)
     for fig in analysis["figures"]:
         assert f"../{fig['path']}" in text
-    assert "../figures/loc_example.png" in text and "localization.json" in text
+    for f in LOC_FIGURES + ADV_FIGURES:
+        assert f"../figures/{f}" in text
+    assert "localization.json" in text and "adversarial.json" in text
     m = run.metrics()
     for key in ("accuracy", "mis", "l1_density"):
         assert f"{m[key]:.4f}" in text
@@ -130,7 +174,8 @@ def test_compare_table_aggregates_seeds_and_closes_the_gap(fake_runs, tmp_path):
     assert rows["csg"]["values"]["gap_closed"]["mean"] == pytest.approx(np.mean(gaps))
     assert f"{ms['mis']:.4f}" in text
     # the localization totals of the one run that has them, and the detection table
-    assert rows["csg"]["values"]["gradmap.avg_iou"]["mean"] == pytest.approx(0.30)
+    loc = json.loads((fake_runs["csg-s0"].path / "localization.json").read_text())
+    assert rows["csg"]["values"]["gradmap.avg_iou"]["mean"] == pytest.approx(loc["gradmap"]["avg_iou"])
     assert "GradMap IoU" in text and "Adversarial detection error" in text
     # the published CIFAR-10 rows, with the paper's 23% of the gap closed
     assert "0.9192" in text and "0.1603" in text
@@ -148,6 +193,101 @@ def test_compare_cli_prints_the_page(fake_runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(fake_runs["csg-s0"].path), str(fake_runs["std-s0"].path), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip().endswith(str(out / "index.html"))
+
+
+def _section(text: str, anchor: str) -> str:
+    """The HTML of ``<section id=anchor>``."""
+    start = text.index(f'<section id="{anchor}">')
+    return text[start:text.index("</section>", start)]
+
+
+def test_run_report_has_localization_and_adversarial_sections(fake_runs):
+    run = fake_runs["csg-s0"]
+    page = build_run_report(run)
+    text = page.read_text(encoding="utf-8")
+    loc = json.loads((run.path / "localization.json").read_text())
+    adv = json.loads((run.path / "adversarial.json").read_text())
+    sec = _section(text, "localization")
+    for m in ("gradmap", "activmap", "cam"):  # totals: Avg-IoU, AP20, AP30 of every method
+        for key in ("avg_iou", "ap20", "ap30"):
+            assert f">{loc[m]['total'][key]:.4f}<" in sec, (m, key)
+    # per class: a CAM row and a GradMap class mean over its filters
+    assert f">{loc['cam']['per_class']['class3']['avg_iou']:.4f}<" in sec
+    picked = next(n for n, r in loc["gradmap"]["per_class"].items() if r["num_filters"])
+    assert picked in sec and f">{loc['gradmap']['per_class'][picked]['ap20']:.4f}<" in sec
+    assert "0.3035" in sec and "0.2606" in sec  # the paper's VOC GradMap totals beside
+    imgs = refs(page).imgs
+    for f in LOC_FIGURES:
+        assert f"../figures/{f}" in imgs and f"../figures/{f}" in sec
+    sec = _section(text, "adversarial")
+    assert "80.00" in sec or "90.00" in sec
+    assert f"{100 * adv['clean_accuracy']:.2f} %" in sec
+    for attack, per_size in adv["detection"].items():  # mean ± spread over repeats, in percent, per size
+        for n, e in per_size.items():
+            assert f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}" in sec, (attack, n)
+            assert f"error % at {n}/class" in sec
+    assert re.search(r"one-pixel</td><td[^>]*>5\.0</td>", sec)  # 0.15 - 0.1 as percent
+    assert re.search(r"local-search</td><td[^>]*>15\.0</td>", sec)
+    assert "4.76" in sec and "a note from csg attack" in sec
+    for f in ADV_FIGURES:
+        assert f"../figures/{f}" in imgs and f"../figures/{f}" in sec
+    assert_images_resolve(page)
+    # once each: not repeated by the generic per-JSON sections
+    assert text.count('<section id="localization">') == 1 and text.count('<section id="adversarial">') == 1
+
+
+def test_run_without_results_has_no_such_sections(fake_runs):
+    text = build_run_report(fake_runs["csg-s1"]).read_text()
+    assert 'id="localization"' not in text and 'id="adversarial"' not in text
+
+
+def test_partial_and_unreadable_result_files(tmp_path):
+    run = RunDir(make_fake_run(tmp_path / "run", "std"))
+    run.write_json("localization.json", {"cam": {"avg_iou": 0.5, "ap30": 0.25}})
+    run.write_json("adversarial.json", {"detection": {"fgsm": {"500": 0.05}}, "blackbox": {"one-pixel": 0.125}})
+    text = build_run_report(run).read_text()
+    loc, adv = _section(text, "localization"), _section(text, "adversarial")
+    assert ">0.5000<" in loc and ">0.2500<" in loc and "<td>GradMap" not in loc  # only the methods present
+    assert ">5.00<" in adv and ">12.5<" in adv
+    (run.path / "adversarial.json").write_text("[1, 2]")
+    text = build_run_report(run).read_text()
+    assert "adversarial.json could not be read" in _section(text, "adversarial")
+
+
+def test_compare_puts_localization_and_adversarial_side_by_side(fake_runs, tmp_path):
+    out = tmp_path / "cmp"
+    page = compare_runs([fake_runs[n].path for n in ("csg-s0", "csg-s1", "std-s0")], out)
+    assert_images_resolve(page)
+    text = page.read_text(encoding="utf-8")
+    data = json.loads((out / "comparison.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    loc = {m: json.loads((fake_runs[n].path / "localization.json").read_text()) for m, n in (("csg", "csg-s0"),
+                                                                                             ("std", "std-s0"))}
+    adv = {m: json.loads((fake_runs[n].path / "adversarial.json").read_text()) for m, n in (("csg", "csg-s0"),
+                                                                                           ("std", "std-s0"))}
+    sec = _section(text, "localization")
+    for m in ("csg", "std"):
+        for meth in ("gradmap", "activmap", "cam"):
+            for key in ("avg_iou", "ap20", "ap30"):
+                want = loc[m][meth]["total"][key]
+                assert rows[m]["values"][f"{meth}.{key}"]["mean"] == pytest.approx(want)
+                assert f">{want:.4f}<" in sec
+        assert rows[m]["values"]["blackbox.one-pixel"]["mean"] == pytest.approx(
+            adv[m]["blackbox"]["one-pixel"]["success_rate"])
+    assert "0.4289" in sec and "0.3602" in sec
+    asec = _section(text, "adversarial")
+    e = adv["std"]["detection"]["pgd"]["8"]  # one run: ± the detector's spread over repeats
+    assert f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}" in asec
+    assert "pgd detector error % @8/class" in asec and "one-pixel success %" in asec
+    assert "88.85" in asec  # the paper's rows (its errors show where the training sizes match)
+    # the figures, copied and paired: the same figure of the two runs in one row, a hint for the run without
+    figs = {Path(f["path"]).name for f in data["figures"]}
+    for f in LOC_FIGURES + ADV_FIGURES:
+        assert {f"csg-s0_{f}", f"std-s0_{f}"} <= figs
+        assert (out / "figures" / f"csg-s0_{f}").is_file()
+        pair = next(p for p in re.findall(r'<div class="pair">.*?</div></figure></div>', text) if f"csg-s0_{f}" in p)
+        assert f"std-s0_{f}" in pair and "csg-s1" in pair
+    assert "csg localize" in sec and "csg attack" in asec
 
 
 def test_localization_totals_read_defensively():

@@ -101,10 +101,11 @@ class RunDir:
 
     def load_dataset(self, split: str = "test", **overrides):
         """The dataset this run was trained on (``split`` = ``"train"`` or ``"test"``)."""
-        from .data import load_dataset
+        from .data import dataset_options, load_dataset
 
         cfg = self.config
         kwargs = dict(data_dir=cfg.get("data_dir"))
+        kwargs.update(dataset_options(cfg["data"], image_size=cfg.get("resize"), workers=cfg.get("workers")))
         kwargs.update(overrides)
         return load_dataset(cfg["data"], split=split, **kwargs)
 

@@ -84,7 +84,17 @@ def run(args: argparse.Namespace) -> int:
                         ("--blackbox-samples", args.blackbox_samples)):
         if value < 1:
             raise CsgError(f"{flag} must be at least 1, got {value}")
-    if args.eps < 0 or args.eps > 1:
+    for flag, value in (("--pgd-steps", args.pgd_steps), ("--cw-steps", args.cw_steps),
+                        ("--cw-search-steps", args.cw_search_steps), ("--trees", args.trees),
+                        ("--ls-rounds", args.ls_rounds)):
+        if value < 1:
+            raise CsgError(f"{flag} must be at least 1, got {value}")
+    if args.query_budget is not None and args.query_budget < 1:
+        raise CsgError(f"--query-budget must be at least 1 model query per image, got {args.query_budget}")
+    for flag, value in (("--pgd-step-size", args.pgd_step_size), ("--cw-const", args.cw_const), ("--ls-p", args.ls_p)):
+        if not (math.isfinite(value) and value > 0):
+            raise CsgError(f"{flag} must be a positive number, got {value}")
+    if not math.isfinite(args.eps) or args.eps < 0 or args.eps > 1:
         raise CsgError(f"--eps must lie in [0, 1] (images are in [0, 1]), got {args.eps}")
     run_dir = RunDir(args.run)
     attack_options = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def add_parser(sub) -> None:
@@ -27,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise CsgError(f"--top must be at least 1, got {args.top}")
+    if not (math.isfinite(args.sigma) and args.sigma >= 0):
+        raise CsgError(f"--sigma must be >= 0 pixels (0 = no blur), got {args.sigma}")
     records = explain_run(RunDir(args.run), args.images, top=args.top, out_dir=args.out,
                           device=resolve_device(args.device), sigma=args.sigma)
     for r in records:

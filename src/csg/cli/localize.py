@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def add_parser(sub) -> None:
@@ -38,8 +39,21 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise CsgError("--methods is empty; give e.g. gradmap,activmap,cam")
+    from ..localization.maps import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CsgError(f"unknown method(s) {', '.join(unknown)} in --methods; choose from {', '.join(METHODS)}")
     if args.batch_size < 1:
         raise CsgError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.max_images is not None and args.max_images < 1:
+        raise CsgError(f"--max-images must be positive, got {args.max_images}")
+    if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma >= 0):
+        raise CsgError(f"--sigma must be >= 0 pixels (0 = no blur), got {args.sigma}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise CsgError(f"--threshold must be a finite number, got {args.threshold}")
+    if args.quantile is not None and not 0 < args.quantile < 1:
+        raise CsgError(f"--quantile must lie strictly between 0 and 1 (0.3 = top 30%), got {args.quantile}")
     run_dir = RunDir(args.run)
     result = localize_run(run_dir, args.data, methods, data_dir=args.data_dir, split=args.split,
                           device=resolve_device(args.device), sigma=args.sigma, threshold=args.threshold,

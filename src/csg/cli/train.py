@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..training.config import METHODS, PRESETS, resolve_config
@@ -41,10 +42,21 @@ def add_parser(sub) -> None:
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N batches [0 = each epoch]")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
     g.add_argument("--channels-last", type=_bool, metavar="BOOL", help="channels-last memory format [true]")
+    g.add_argument("--amp", dest="amp", action="store_const", const=True,
+                   help="bf16 autocast (default on CUDA GPUs with bf16; on the CPU only when asked)")
+    g.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="float32 everywhere")
+    g.add_argument("--compile", dest="compile", action="store_const", const=True,
+                   help="torch.compile the model (minutes of compilation; for long GPU runs)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="image-folder-stream: decoding processes per rank [$CSG_DATA_WORKERS, else cores - 1, "
+                        "at most 8]")
     d = p.add_argument_group("data and model")
     d.add_argument("--data", help="fashion-mnist, fashion-mnist-clutter, cifar10, cifar100, image-folder, "
+                                  "image-folder-stream (decoded from disk by --workers processes), "
                                   "voc-animals [fashion-mnist]")
     d.add_argument("--data-dir", help="folder of the data files (else $CSG_DATA_DIR, else the default)")
+    d.add_argument("--image-size", "--resize", dest="resize", type=int, metavar="N",
+                   help="image-folder(-stream): resize every image to N x N [the images' common size]")
     d.add_argument("--subset", type=int, metavar="N", help="train on a stratified, seeded subset of N images")
     d.add_argument("--test-subset", type=int, metavar="N", help="evaluate on a stratified subset of N images")
     d.add_argument("--arch", help="backbone: resnet20, resnet18, vgg16_bn, ... [resnet20]")
@@ -70,7 +82,7 @@ def add_parser(sub) -> None:
     c.add_argument("--lambda1", type=float, help="weight of CE on the CSG path [1]")
     c.add_argument("--lambda2", type=float, help="weight of the sparsity penalty [1e-3]")
     c.add_argument("--gate-init", type=float, help="initial gate value [0.5]")
-    c.add_argument("--gate-lr", type=float, help="gate learning rate [0.01]")
+    c.add_argument("--gate-lr", type=float, help="gate learning rate (Adam) [csg 0.05, picnn 0.001]")
     c.add_argument("--gate-optimizer", choices=("sgd", "adam"), help="gate optimiser [adam]")
     c.add_argument("--csg-lr", type=float, help="backbone learning rate in CSG epochs [--lr]")
     c.add_argument("--csg-freeze-below", metavar="LAYER", help="in CSG epochs, freeze every layer before this one")
@@ -85,6 +97,8 @@ def add_parser(sub) -> None:
     m.add_argument("--icnn-layer", metavar="LAYER", help="conv layer for the ICNN filter loss [the feature layer]")
     m.add_argument("--icnn-weight", type=float, help="weight of the ICNN filter loss [1]")
     m.add_argument("--icnn-beta", type=float, help="ICNN template beta [4]")
+    m.add_argument("--icnn-test-mask", type=_bool, metavar="BOOL",
+                   help="keep the ICNN mask in the network at test time, as in Zhang et al. [true]")
     m.add_argument("--picnn-weight", type=float, help="weight of the PICNN interpretation loss [2]")
     p.set_defaults(func=run)
 
@@ -100,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     cfg = resolve_config(values, preset=args.preset, toml_path=args.config)
     run_dir = train(cfg, resume=args.resume, progress=args.progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # torchrun: rank 0 evaluates and writes; the other ranks are done
     if cfg.evaluate:
         from ..training.trainer import resolve_device
 

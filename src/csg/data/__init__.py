@@ -18,7 +18,7 @@ from ..errors import CsgError
 from .augment import Augment, AugmentDraw
 from .dataset import DATA_DIR_ENV, Batches, ImageDataset, channel_stats, resolve_data_dir
 
-__all__ = ["load_dataset", "available_datasets", "ImageDataset", "Augment", "AugmentDraw", "Batches",
+__all__ = ["load_dataset", "dataset_options", "available_datasets", "ImageDataset", "Augment", "AugmentDraw", "Batches",
            "resolve_data_dir", "channel_stats", "DATA_DIR_ENV"]
 
 # name -> ("module:function", one-line description). Every loader is called as
@@ -70,6 +70,21 @@ def _loader(name: str):
         raise CsgError(f"dataset {name} needs the Python package {exc.name!r}; install it with "
                        f"`pip install {exc.name}`") from exc
     return getattr(module, func_name)
+
+
+def dataset_options(name: str, *, image_size: int | None = None, workers: int | None = None) -> dict:
+    """The loader options of a run's ``--image-size`` / ``--workers`` that ``name`` takes.
+
+    ``image_size`` is passed whenever it is set (a dataset without the option
+    then refuses it); ``workers`` only to a loader that decodes in worker
+    processes (``image-folder-stream``), since in-memory sets have nothing to decode.
+    """
+    options: dict = {}
+    if image_size is not None:
+        options["image_size"] = int(image_size)
+    if workers is not None and "workers" in inspect.signature(_loader(_canonical(name))).parameters:
+        options["workers"] = int(workers)
+    return options
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None, subset: int | None = None,

@@ -179,6 +179,10 @@ def explain_run(run, images: Sequence[str | Path], top: int = 5, out_dir: str | 
     into ``out_dir`` (default ``RUN/explain``). Returns the JSON records."""
     from ..io import atomic_write_json
 
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:  # before loading the model: a typo should fail at once
+        raise CsgError(f"image {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
+                                                                 else ""))
     cfg = run.config
     for key in ("in_channels", "image_size"):
         if key not in cfg:

@@ -8,10 +8,15 @@ gap to the ceiling that the method closes,
 
 (``MIS_std`` = mean MIS of the STD runs on the same data and arch; ceiling =
 metrics ``mis_ceiling`` if present, else ``H(1/C)``), gate-MI agreement,
-L1-density with its interval ``[1/C, rho]``, localization totals and the
-adversarial detection error when those files exist. The published CIFAR-10
-rows of Table 1 are shown beside as a reference, and the gate, MI matrix,
-correlation and removal figures of every run are placed side by side.
+L1-density with its interval ``[1/C, rho]`` and the localization totals the
+paper reports. The published CIFAR-10 rows of Table 1 are shown beside as a
+reference, and the gate, MI matrix, correlation and removal figures of every
+run are placed side by side. When runs have ``localization.json`` or
+``adversarial.json``, a Localization section (GradMap / ActivMap / CAM
+Avg-IoU, AP20, AP30 per method, the paper's VOC totals, overlay figures run by
+run) and an Adversarial section (clean accuracy, detector error per attack and
+training size, black-box success rates, the paper's Tables 3 and 4, figures
+run by run) follow the main table.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..metrics import mis_ceiling
 from . import figures as F
 from . import html as H
+from . import sections as S
 from .run_report import _num, _read_json, flatten, matrix_figures
 
 
@@ -43,35 +49,32 @@ def _paper_rows() -> list[dict]:
 
 PAPER_TABLE1_CIFAR10 = _paper_rows()
 
+#: the main table's localization columns: the metrics the paper reports per method
 LOCALIZATION_METHODS = (("gradmap", "GradMap", ("avg_iou", "ap20")), ("activmap", "ActivMap", ("avg_iou", "ap30")),
                         ("cam", "CAM", ("avg_iou", "ap30")))
-_ALIASES = {"avg_iou": ("avg_iou", "mean_iou", "iou", "avg-iou", "Avg-IoU"), "ap20": ("ap20", "AP20", "ap_20"),
-            "ap30": ("ap30", "AP30", "ap_30")}
 
 
 def localization_totals(data: dict | None) -> dict[str, float]:
-    """``{"gradmap.avg_iou": ..., "gradmap.ap20": ..., ...}`` from localization.json, read defensively:
-    each method's totals under ``total``/``overall``/``all`` (or the method's dict itself)."""
+    """``{"gradmap.avg_iou": ..., "gradmap.ap20": ..., "gradmap.ap30": ..., ...}`` from localization.json, read
+    defensively: each method's totals under ``total``/``overall``/``all`` (or the method's dict itself);
+    metrics that are missing are left out."""
     out: dict[str, float] = {}
-    if not isinstance(data, dict):
-        return out
-    for key, _label, wanted in LOCALIZATION_METHODS:
-        block = data.get(key)
-        if not isinstance(block, dict):
-            continue
-        total = next((block[t] for t in ("total", "overall", "all", "totals") if isinstance(block.get(t), dict)), block)
-        for w in wanted:
-            value = next((_num(total.get(a)) for a in _ALIASES[w] if _num(total.get(a)) is not None), None)
+    for key, _label in S.LOC_METHODS:
+        for metric, value in S.loc_total(data, key).items():
             if value is not None:
-                out[f"{key}.{w}"] = value
+                out[f"{key}.{metric}"] = value
     return out
 
 
 def detection_errors(data: dict | None) -> dict[str, float]:
-    """Numeric leaves of adversarial.json's ``detection`` entry, as dotted keys."""
-    if not isinstance(data, dict) or not isinstance(data.get("detection"), dict):
-        return {}
-    return {k: float(v) for k, v in flatten(data["detection"]) if _num(v) is not None}
+    """``{"fgsm.500": mean error, ...}`` from adversarial.json's ``detection`` entry."""
+    return {f"{a}.{n}": cell[0] for a, cells in S.detection_cells(data).items() for n, cell in cells.items()}
+
+
+def detection_spreads(data: dict | None) -> dict[str, float]:
+    """``{"fgsm.500": spread over the detector's repeats, ...}`` where adversarial.json gives one."""
+    return {f"{a}.{n}": cell[1] for a, cells in S.detection_cells(data).items() for n, cell in cells.items()
+            if cell[1] is not None}
 
 
 class _Run:
@@ -87,8 +90,15 @@ class _Run:
         self.arch = str(self.cfg.get("arch", "?"))
         self.seed = self.cfg.get("seed")
         self.analysis = _read_json(self.path / "analysis.json") if self.run.has("analysis.json") else None
-        self.localization = localization_totals(_read_json(self.path / "localization.json"))
-        self.detection = detection_errors(_read_json(self.path / "adversarial.json"))
+        self.localization_json = _read_json(self.path / "localization.json") if self.run.has(
+            "localization.json") else None
+        self.adversarial_json = _read_json(self.path / "adversarial.json") if self.run.has(
+            "adversarial.json") else None
+        self.localization = localization_totals(self.localization_json)
+        self.detection = detection_errors(self.adversarial_json)
+        self.detection_spread = detection_spreads(self.adversarial_json)
+        self.blackbox = {k: v for k, v in S.blackbox_rates(self.adversarial_json).items() if v is not None}
+        self.adv_clean_accuracy = _num((self.adversarial_json or {}).get("clean_accuracy"))
         self.label = self.path.resolve().name
         C = self.metrics.get("num_classes") or self.cfg.get("num_classes")
         if not C and self.run.has("mi_matrix.npy"):
@@ -111,6 +121,9 @@ class _Run:
                "interval_high": rho if _num(m.get("l1_density")) is not None else None}
         out.update(self.localization)
         out.update({f"detection.{k}": v for k, v in self.detection.items()})
+        out.update({f"blackbox.{k}": v for k, v in self.blackbox.items()})
+        if self.adv_clean_accuracy is not None:
+            out["adversarial_clean_accuracy"] = self.adv_clean_accuracy
         if self.analysis:
             out["c_ic"] = _num(self.analysis.get("correlation", {}).get("c_ic"))
         return out
@@ -142,6 +155,140 @@ def _pm(agg: dict | None, digits: int = 4) -> str:
     if agg.get("std") is not None:
         text += f" ± {H.fmt(agg['std'], digits)}"
     return text
+
+
+def _pct_agg(agg: dict | None, single_spread: float | None = None, digits: int = 2) -> str:
+    """A share as percent, mean ± std over the runs; for a single run, ± ``single_spread`` (its repeats)."""
+    if not agg or agg.get("mean") is None:
+        return "–"
+    spread = agg.get("std") if agg.get("n", 0) > 1 else single_spread
+    return S.pct_pm(agg["mean"], spread, digits)
+
+
+def _attack_order(key: str):
+    attack, _, size = key.partition(".")
+    order = {"fgsm": 0, "pgd": 1, "cw": 2}
+    try:
+        n = int(size)
+    except ValueError:
+        n = 1 << 62
+    return (order.get(attack, 9), attack, n, size)
+
+
+def _copied_figures(r: "_Run", data: dict | None, figdir: Path) -> list[tuple[str, Path, str]]:
+    """Copy the figures a run's JSON lists into the comparison's folder: ``[(name, copy, caption)]``."""
+    got = []
+    for fig in (data or {}).get("figures", []) or []:
+        fig = {"path": fig} if isinstance(fig, str) else fig
+        if not isinstance(fig, dict) or not isinstance(fig.get("path"), str):
+            continue
+        src = r.path / fig["path"]
+        name = Path(fig["path"]).name
+        dst = figdir / f"{r.slug}_{name}"
+        if src.is_file():
+            atomic_write_bytes(dst, src.read_bytes())
+        got.append((name, dst, str(fig.get("caption", name))))
+    return got
+
+
+def _paired(runs: list["_Run"], attr: str, out: Path, figdir: Path, command: str,
+            fig_entries: list[dict]) -> str:
+    """One ``.pair`` row per figure name, one column per run (a visible note where a run lacks it)."""
+    by_name: "OrderedDict[str, dict[str, tuple[Path, str]]]" = OrderedDict()
+    for r in runs:
+        for name, dst, caption in _copied_figures(r, getattr(r, attr), figdir):
+            by_name.setdefault(name, {})[r.label] = (dst, caption)
+    html_rows = []
+    for name, per in by_name.items():
+        cells = []
+        for r in runs:
+            if r.label in per:
+                dst, caption = per[r.label]
+                cells.append(H.figure(dst, out, f"{r.label} ({r.method}): {caption}"))
+                if dst.is_file():
+                    fig_entries.append({"path": dst.relative_to(out).as_posix(), "caption": f"{r.label}: {caption}"})
+            elif getattr(r, attr) is None:
+                cells.append(f'<figure><div class="missing">{H.esc(r.label)}: run <code>csg {command} '
+                             f"{H.esc(r.path)}</code></div></figure>")
+            else:
+                cells.append(f'<figure><div class="missing">{H.esc(r.label)}: no {H.esc(name)}</div></figure>')
+        html_rows.append('<div class="pair">' + "".join(cells) + "</div>")
+    return "".join(html_rows)
+
+
+def _result_sections(runs: list["_Run"], rows: list[dict], per_run: dict, out: Path,
+                     figdir: Path) -> tuple[list[str], list[dict]]:
+    """The Localization and Adversarial sections, STD and CSG side by side: a table per section with the
+    paper's figures as reference rows, then each figure of the runs paired run by run."""
+    sections: list[str] = []
+    fig_entries: list[dict] = []
+
+    # ---- localization
+    loc_cols = [(f"{k}.{m}", f"{lab} {mlab}") for k, lab in S.LOC_METHODS for m, mlab in S.LOC_METRICS
+                if any(per_run[r.label].get(f"{k}.{m}") is not None for r in runs)]
+    if loc_cols:
+        trows, classes = [], []
+        for row in rows:
+            trows.append([H.esc(row["method"]), H.esc(row["data"]), H.esc(row["arch"]), str(len(row["runs"]))]
+                         + [_pm(row["values"].get(c)) for c, _ in loc_cols])
+            classes.append("")
+        for which in ("csg", "std"):
+            ref = S.PAPER_LOCALIZATION_VOC[which]
+            trows.append([f"{which} (paper)", "PASCAL VOC animals", "ResNet-152", "paper"]
+                         + [H.fmt(ref.get(c.split(".")[0], {}).get(c.split(".")[1])) for c, _ in loc_cols])
+            classes.append("ref")
+        inner = ('<p class="note">Totals of <code>csg localize</code> (METHOD.md section 5), mean ± sample std '
+                 "over the runs of each method. Italic rows: the paper's VOC / ResNet-152 totals, for scale.</p>"
+                 + H.table(["method", "data", "arch", "runs"] + [lab for _, lab in loc_cols], trows,
+                           row_classes=classes, raw=True)
+                 + _paired(runs, "localization_json", out, figdir, "localize", fig_entries))
+        sections.append(H.section("Localization (localization.json), run by run", inner, anchor="localization"))
+
+    # ---- adversarial
+    det_cols = sorted({k[len("detection."):] for r in runs for k in per_run[r.label] if k.startswith("detection.")},
+                      key=_attack_order)
+    bb_cols = sorted({k[len("blackbox."):] for r in runs for k in per_run[r.label] if k.startswith("blackbox.")})
+    has_acc = any(per_run[r.label].get("adversarial_clean_accuracy") is not None for r in runs)
+    if det_cols or bb_cols or has_acc:
+        by_label = {r.label: r for r in runs}
+        trows, classes = [], []
+        for row in rows:
+            v = row["values"]
+
+            def repeat_spread(col: str) -> float | None:
+                # the detector's own spread, when a single run of the row has this result
+                have = [by_label[m] for m in row["runs"] if col in by_label[m].detection]
+                return have[0].detection_spread.get(col) if len(have) == 1 else None
+
+            trows.append([H.esc(row["method"]), H.esc(row["data"]), str(len(row["runs"])),
+                          _pct_agg(v.get("adversarial_clean_accuracy"))]
+                         + [_pct_agg(v.get(f"detection.{c}"), repeat_spread(c)) for c in det_cols]
+                         + [_pct_agg(v.get(f"blackbox.{c}"), None, 1) for c in bb_cols])
+            classes.append("")
+        for which in ("std", "csg"):
+            det_ref = S.PAPER_DETECTION_CIFAR10[which]
+            bb_ref = S.PAPER_BLACKBOX_CIFAR10[which]
+            cells = []
+            for c in det_cols:
+                attack, _, size = c.partition(".")
+                sizes = dict(zip(S.PAPER_DETECTION_SIZES, det_ref.get(attack, ())))
+                cells.append(f"{sizes[size]:.2f}" if size in sizes else "–")
+            trows.append([f"{which} (paper)", "CIFAR-10 (ResNet-20)", "paper", f"{bb_ref['clean_accuracy']:.2f}"]
+                         + cells + [f"{bb_ref[c]:.1f}" if c in bb_ref else "–" for c in bb_cols])
+            classes.append("ref")
+        headers = (["method", "data", "runs", "clean accuracy %"]
+                   + [f"{c.partition('.')[0]} detector error % @{c.partition('.')[2]}/class" for c in det_cols]
+                   + [f"{c} success %" for c in bb_cols])
+        inner = ('<p class="note">Results of <code>csg attack</code> (METHOD.md section 6): random-forest '
+                 "detector error per white-box attack and training images per class, and black-box success "
+                 "rates. Mean ± sample std over the runs of a method; where one run has the result, ± the "
+                 "spread over the detector's seeded repeats. Italic rows: the paper's CIFAR-10 / ResNet-20 Tables 3 "
+                 "and 4.</p>"
+                 + H.table(headers, trows, row_classes=classes, raw=True)
+                 + _paired(runs, "adversarial_json", out, figdir, "attack", fig_entries))
+        sections.append(H.section("Adversarial detection error and black-box attacks (adversarial.json), "
+                                  "run by run", inner, anchor="adversarial"))
+    return sections, fig_entries
 
 
 def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
@@ -211,13 +358,8 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
                       "(Liang et al. 2020, Table 1) for reference.</p>"
                       + H.table(headers, table_rows, row_classes=classes, raw=True), anchor="table")]
 
-    det_cols = sorted({k for r in runs for k in per_run[r.label] if k.startswith("detection.")})
-    if det_cols:
-        det_rows = [[H.esc(row["method"]), H.esc(row["data"])] + [_pm(row["values"].get(c), 3) for c in det_cols]
-                    for row in rows]
-        body.append(H.section("Adversarial detection error (adversarial.json)",
-                              H.table(["method", "data"] + [c[len("detection."):] for c in det_cols], det_rows,
-                                      raw=True), anchor="adversarial"))
+    result_sections, result_figs = _result_sections(runs, rows, per_run, out, figdir)
+    body += result_sections
 
     # per-run table with links to the run reports
     run_rows = []
@@ -233,7 +375,7 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
                           anchor="runs"))
 
     # ---- figures
-    fig_entries: list[dict[str, str]] = []
+    fig_entries: list[dict[str, str]] = list(result_figs)
     summary_figs = []
     labels_ = [f"{row['method']}\n{row['data']}" if len({r['data'] for r in rows}) > 1 else row["method"]
                for row in rows]

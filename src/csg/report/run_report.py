@@ -2,9 +2,14 @@
 
 Sections: a header with the key numbers, training curves from ``log.jsonl``,
 the gate and MI matrix heatmaps (filters in the same order, by the gate's
-argmax class) and the overlap of their argmax classes, every figure listed by
-any ``RUN/*.json`` with a ``figures`` list (one section per file), the metrics
-table and the configuration. Figures drawn here go to ``RUN/figures/``.
+argmax class) and the overlap of their argmax classes, a Localization section
+when ``localization.json`` exists (``csg localize``: GradMap / ActivMap / CAM
+totals and per-class Avg-IoU, AP20, AP30, overlay figures), an Adversarial
+section when ``adversarial.json`` exists (``csg attack``: detector error per
+attack and training size with its spread, black-box success rates, clean
+accuracy, figures), every figure listed by any other ``RUN/*.json`` with a
+``figures`` list (one section per file), the metrics table and the
+configuration. Figures drawn here go to ``RUN/figures/``.
 """
 from __future__ import annotations
 
@@ -18,9 +23,15 @@ import numpy as np
 from ..io import atomic_write_text, to_json
 from . import figures as F
 from . import html as H
+from .sections import adversarial_section, localization_section
 
 REPORT_DIR = "report"
 SKIP_JSON = {"config.json", "metrics.json"}
+#: files with a section of their own: (file, title, anchor, section builder, the command that writes it)
+DEDICATED_JSON = (
+    ("localization.json", "Localization (localization.json)", "localization", localization_section, "localize"),
+    ("adversarial.json", "Adversarial samples (adversarial.json)", "adversarial", adversarial_section, "attack"),
+)
 
 
 def flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -183,9 +194,18 @@ def build_run_report(run, *, out: str | Path | None = None) -> Path:
         body.append(H.section("Class-specific filters: gate and mutual information",
                               notes + H.grid(H.figure(p, page_dir, c) for p, c in mats.values()), anchor="gate"))
 
+    # localization and adversarial results: tables and figures of their own
+    for fname, title, anchor, build, _command in DEDICATED_JSON:
+        if run.has(fname):
+            data = _read_json(run_path / fname)
+            inner = (build(run_path, page_dir, data, method) if data is not None
+                     else f'<p class="note">{fname} could not be read (not a JSON object); rerun the command.</p>')
+            body.append(H.section(title, inner, anchor=anchor))
+
     # every other JSON with figures, one section per file
+    dedicated = {d[0] for d in DEDICATED_JSON}
     for path in sorted(run_path.glob("*.json")):
-        if path.name in SKIP_JSON:
+        if path.name in SKIP_JSON or path.name in dedicated:
             continue
         data = _read_json(path)
         if not data or not isinstance(data.get("figures"), list):

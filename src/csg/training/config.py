@@ -17,6 +17,12 @@ else:  # pragma: no cover
 METHODS = ("std", "csg", "csg-fixed", "icnn", "picnn")
 
 
+#: Adam learning rate of the gate-like parameter when ``--gate-lr`` is not given. CSG: 0.05 lets the
+#: gate reach its density interval within the few CSG epochs of a short run (docs/tuning.md); PICNN:
+#: the reference code's 1e-3 for its correspondence matrix (docs/methods.md).
+GATE_LR_DEFAULTS = {"csg": 0.05, "csg-fixed": 0.05, "picnn": 1e-3}
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a training run; ``config.json`` stores it resolved."""
@@ -55,7 +61,7 @@ class TrainConfig:
     lambda1: float = 1.0
     lambda2: float = 1e-3
     gate_init: float = 0.5
-    gate_lr: float = 0.01
+    gate_lr: float | None = None   # None: the method's own default (GATE_LR_DEFAULTS)
     gate_optimizer: str = "adam"
     csg_lr: float | None = None
     csg_freeze_below: str | None = None
@@ -65,15 +71,25 @@ class TrainConfig:
     icnn_layer: str | None = None
     icnn_weight: float = 1.0
     icnn_beta: float = 4.0
+    icnn_test_mask: bool = True
     picnn_weight: float = 2.0
     # running
     device: str = "auto"
     threads: int | None = None
     channels_last: bool = True
+    # speed and data loading (csg.training.speed; docs/distributed.md): None = the device's default
+    amp: bool | None = None
+    compile: bool = False
+    workers: int | None = None
+    resize: int | None = None
     checkpoint_every: int = 0
     evaluate: bool = True
     eval_every: int = 1
     out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate_lr is None:
+            self.gate_lr = GATE_LR_DEFAULTS.get(self.method, GATE_LR_DEFAULTS["csg"])
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -99,7 +115,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-fashion-mnist": dict(data="fashion-mnist", arch="resnet20", epochs=200, batch_size=256, lr=0.1,
                                 lr_schedule="multistep", milestones=(0.5, 0.75), period=3, csg_epochs=1),
     # ImageNet / ResNet-18, 1000 classes (Appendix B): batch 256, 90 epochs, lr 0.1 steps at 30/60, rho 0.1.
-    "imagenet": dict(data="image-folder", arch="resnet18", small_input=False, epochs=90, batch_size=256,
+    # The images are streamed from DIR/train/<class>/ and DIR/val/<class>/ and resized to 224 x 224.
+    "imagenet": dict(data="image-folder-stream", resize=224, arch="resnet18", small_input=False, epochs=90,
+                     batch_size=256,
                      optimizer="sgd", lr=0.1, weight_decay=1e-4, lr_schedule="multistep",
                      milestones=(1 / 3, 2 / 3), period=3, csg_epochs=1, rho=0.1, crop_padding=0, hflip=True,
                      eval_batch_size=256),
@@ -172,3 +190,9 @@ def validate(cfg: TrainConfig) -> None:
         raise CsgError(f"--subset must be a positive number of images, got {cfg.subset}")
     if cfg.gate_lr < 0:
         raise CsgError(f"--gate-lr must be >= 0, got {cfg.gate_lr}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise CsgError(f"--workers must be >= 0 (0 decodes in the training process), got {cfg.workers}")
+    if cfg.resize is not None and cfg.resize < 1:
+        raise CsgError(f"--image-size must be a positive number of pixels, got {cfg.resize}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise CsgError(f"--threads must be >= 1, got {cfg.threads}")

@@ -347,6 +347,17 @@ class ProcessGroupContext(DistContext):
         dist.all_gather(out, padded)
         return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(tensor.device)
 
+    @torch.no_grad()
+    def max_spread(self, tensor: torch.Tensor) -> float:
+        """``max_r max|t_r - t_0|`` over ranks (0.0 when every rank holds rank 0's values bit for bit)."""
+        mine = self._comm(tensor.detach().reshape(-1).double().clone())
+        ref = mine.clone()
+        dist.broadcast(ref, src=0)
+        diff = (mine - ref).abs().max() if mine.numel() else mine.new_zeros(())
+        diff = diff.reshape(1)
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        return float(diff)
+
     def barrier(self) -> None:
         if self.backend == "nccl":
             dist.barrier(device_ids=[self.device.index or 0])
@@ -412,6 +423,12 @@ class ProcessGroupContext(DistContext):
         - torchrun's SIGTERM (another rank failed first): one line on rank 0, quiet exit elsewhere;
         - this rank's own error: leave its first line in the store for the others, re-raise it.
         """
+        # torchrun's SIGTERM often lands while this rank is already handling the broken collective (the
+        # handler runs once the C++ call returns): from here on it must not cut the message short
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
         if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
             if self.rank != 0:
                 return SystemExit(exc.code)

@@ -35,6 +35,10 @@ class DistContext:
         """Every rank's rows concatenated along dim 0, rank 0's first (one rank: ``tensor``)."""
         return tensor
 
+    def max_spread(self, tensor: torch.Tensor) -> float:
+        """``max_r max|t_r - t_0|``: how far any rank's copy of ``tensor`` is from rank 0's (one rank: 0)."""
+        return 0.0
+
     def barrier(self) -> None:
         pass
 

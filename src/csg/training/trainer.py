@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import Augment, load_dataset
+from ..data import Augment, dataset_options, load_dataset
 from ..errors import CsgError
 from ..hooks import resolve_module
 from ..io import append_jsonl, atomic_write_bytes, read_jsonl
@@ -31,10 +31,11 @@ from ..training.schedule import STD, lr_factor
 from .checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, init_distributed
+from .speed import SpeedPolicy
 
 # Config keys that may change on --resume without changing the result's meaning.
 _RESUMABLE_CHANGES = {"device", "threads", "out", "evaluate", "eval_every", "checkpoint_every", "epochs",
-                      "eval_batch_size"}
+                      "eval_batch_size", "channels_last", "amp", "compile", "workers"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,16 +90,24 @@ class Trainer:
         self.progress = progress
         self.dist: DistContext = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device) if not self.dist.enabled else self.dist.device
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.batch_size % self.dist.world_size:
+            raise CsgError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over the "
+                           f"{self.dist.world_size} processes; use a multiple of {self.dist.world_size}")
+        # --batch-size is the global batch: each of the W ranks takes B / W images per step
+        self.rank_batch_size = cfg.batch_size // self.dist.world_size
+        self.speed = SpeedPolicy.choose(self.device, amp=cfg.amp, channels_last=cfg.channels_last,
+                                        compile=cfg.compile, threads=cfg.threads)
+        self.speed.apply_threads()
         self.run = RunDir(cfg.out, must_exist=False)
         self._check_resume()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % (2**32))
+        options = dataset_options(cfg.data, image_size=cfg.resize, workers=cfg.workers) \
+            if train_set is None or test_set is None else {}
         self.train_set = train_set if train_set is not None else load_dataset(
-            cfg.data, "train", data_dir=cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
+            cfg.data, "train", data_dir=cfg.data_dir, subset=cfg.subset, seed=cfg.seed, **options)
         self.test_set = test_set if test_set is not None else load_dataset(
-            cfg.data, "test", data_dir=cfg.data_dir, subset=cfg.test_subset, seed=cfg.seed)
+            cfg.data, "test", data_dir=cfg.data_dir, subset=cfg.test_subset, seed=cfg.seed, **options)
         self._check_data()
         self.method = build_method(cfg)
         if model is None:
@@ -111,11 +120,11 @@ class Trainer:
         self.model = model
         self.method.attach(self.model)
         self.model.to(self.device)
-        if cfg.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self.augment = Augment(crop_padding=cfg.crop_padding, hflip=cfg.hflip)
         self.optimizers = self._build_optimizers()
-        self.ddp_model = self.dist.wrap(self.model)
+        # memory format in place (same parameters); with --compile the forward runs the compiled module
+        forward_model = self.speed.prepare_model(self.model)
+        self.ddp_model = self.dist.wrap(forward_model)
         self.start_epoch = 0
         self.start_batch = 0
         self.partial: dict[str, float] = {}
@@ -244,29 +253,40 @@ class Trainer:
         model = self.ddp_model
         model.train()
         generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-        batches = self.train_set.batches(cfg.batch_size, shuffle=True, generator=generator, device=self.device,
+        batches = self.train_set.batches(self.rank_batch_size, shuffle=True, generator=generator, device=self.device,
                                          augment=self.augment, drop_last=False, start_batch=self.start_batch,
                                          **self._shard_kwargs())
         n_total = self._num_batches()
-        sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.partial.items()}
+        # running sums stay on the device: no host synchronisation per step on a GPU
+        # a mid-epoch checkpoint holds the sums over all ranks: rank 0 carries them, the others restart at 0
+        sums = {k: torch.tensor(v if self.dist.is_main else 0.0, dtype=torch.float64, device=self.device)
+                for k, v in self.partial.items()}
 
         def add(key: str, value) -> None:
-            value = value.detach().double() if torch.is_tensor(value) else torch.tensor(float(value), dtype=torch.float64)
-            sums[key] = sums.get(key, torch.zeros((), dtype=torch.float64)) + value.cpu()
+            if torch.is_tensor(value):
+                value = value.detach().to(self.device, torch.float64)
+            else:
+                value = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+            sums[key] = sums[key] + value if key in sums else value
 
         bar = tqdm(total=n_total, initial=self.start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs} [{phase}]",
                    leave=False, disable=self._progress_disabled(), dynamic_ncols=True)
         start = time.perf_counter()
         seen = 0
         batch_index = self.start_batch
+        # on a GPU the finiteness check is deferred (a flag on the device, read every 10 batches, before each
+        # checkpoint and at the end of the epoch); on the CPU it is free and runs every step
+        lazy = self.device.type == "cuda"
+        bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        show = not bar.disable
         for images, labels in batches:
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            out = self.method.step(model, images, labels, phase)
-            if not torch.isfinite(out.loss):
-                raise CsgError(f"loss became {out.loss.item()} at epoch {epoch + 1}, batch {batch_index + 1}; the "
-                               f"last good checkpoint is kept in {self.run.path}; lower --lr (now {cfg.lr}) or "
-                               "--gate-lr and train again")
+            images = self.speed.prepare_batch(images)
+            with self.speed.autocast():
+                out = self.method.step(model, images, labels, phase)
+            if lazy:
+                bad = torch.where((bad < 0) & ~torch.isfinite(out.loss.detach()), batch_index, bad)
+            elif not torch.isfinite(out.loss):
+                self._nonfinite(epoch, batch_index, float(out.loss))
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -287,15 +307,22 @@ class Trainer:
                 add("n_csg", n)
             batch_index += 1
             bar.update(1)
-            if batch_index % 10 == 0 or batch_index == n_total:
+            checkpoint = bool(cfg.checkpoint_every and batch_index % cfg.checkpoint_every == 0
+                              and batch_index < n_total)
+            if lazy and (batch_index % 10 == 0 or checkpoint) and int(bad) >= 0:
+                self._nonfinite(epoch, int(bad), math.nan)
+            if show and (batch_index % 10 == 0 or batch_index == n_total):
                 bar.set_postfix(loss=f"{float(sums['loss'] / sums['n']):.3f}",
                                 acc=f"{float(sums.get('correct', 0) / max(float(sums.get('n_std', 1)), 1)):.3f}")
-            if cfg.checkpoint_every and batch_index % cfg.checkpoint_every == 0 and batch_index < n_total \
-                    and self.dist.is_main:
-                self._save(epoch, batch_index, {k: float(v) for k, v in sums.items()})
+            if checkpoint:
+                partial = {k: float(self.dist.all_reduce_sum(v)) for k, v in sorted(sums.items())}
+                if self.dist.is_main:
+                    self._save(epoch, batch_index, partial)
         bar.close()
+        if lazy and int(bad) >= 0:
+            self._nonfinite(epoch, int(bad), math.nan)
         seconds = time.perf_counter() - start
-        totals = {k: float(v) for k, v in ((k, self.dist.all_reduce_sum(v)) for k, v in sums.items())}
+        totals = {k: float(v) for k, v in ((k, self.dist.all_reduce_sum(v)) for k, v in sorted(sums.items()))}
         n = max(totals.get("n", 0.0), 1.0)
         record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "loss": totals.get("loss", math.nan) / n}
         for key in sorted(set(totals) - {"n", "loss", "correct", "correct_csg", "n_std", "n_csg"}):
@@ -308,6 +335,13 @@ class Trainer:
         record["lr"] = lrs.get("model")
         if "gate" in lrs:
             record["gate_lr"] = lrs["gate"]
+        if self.dist.enabled:
+            # every rank must hold rank 0's weights and gate after the averaged step and the projection
+            params = torch.cat([p.detach().reshape(-1).double() for p in self.model.parameters()])
+            record["rank_weight_spread"] = self.dist.max_spread(params)
+            gate = getattr(self.model, "gate", None)
+            if gate is not None:
+                record["rank_gate_spread"] = self.dist.max_spread(gate.weight)
         record["seconds"] = seconds
         record["images_per_second"] = seen * self.dist.world_size / seconds if seconds > 0 else None
         if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
@@ -316,12 +350,17 @@ class Trainer:
             self._print_epoch(record)
         return record
 
+    def _nonfinite(self, epoch: int, batch_index: int, value: float) -> None:
+        raise CsgError(f"loss became {value} at epoch {epoch + 1}, batch {batch_index + 1}; the "
+                       f"last good checkpoint is kept in {self.run.path}; lower --lr (now {self.cfg.lr}) or "
+                       "--gate-lr and train again")
+
     def _shard_kwargs(self) -> dict[str, int]:
         return {"rank": self.dist.rank, "world_size": self.dist.world_size} if self.dist.enabled else {}
 
     def _num_batches(self) -> int:
         per_rank = math.ceil(len(self.train_set) / self.dist.world_size)
-        return math.ceil(per_rank / self.cfg.batch_size)
+        return math.ceil(per_rank / self.rank_batch_size)
 
     def _progress_disabled(self) -> bool:
         if not self.dist.is_main:
