@@ -86,3 +86,21 @@ def test_start_batch_and_registry(png_folder):
     mem_test = load_dataset("image-folder", "test", data_dir=png_folder, subset=6, seed=0)
     assert len(test) == 6 and torch.equal(test.labels, mem_test.labels)
     _same(_epoch(test, batch_size=4), _epoch(mem_test, batch_size=4))
+
+
+def test_csg_train_streams_an_image_folder_with_workers(png_folder, tmp_path):
+    """`csg train --data image-folder-stream --workers 1 --image-size 8` trains, evaluates and records both."""
+    from csg.cli import main
+    from csg.rundir import RunDir
+
+    out = tmp_path / "run"
+    code = main(["train", "--data", "image-folder-stream", "--data-dir", str(png_folder), "--workers", "1",
+                 "--image-size", "8", "--arch", "resnet20", "--epochs", "1", "--batch-size", "9",
+                 "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out)])
+    assert code == 0
+    run = RunDir(out)
+    assert run.config["resize"] == 8 and run.config["workers"] == 1 and run.config["image_size"] == [8, 8]
+    test = run.load_dataset("test")
+    assert isinstance(test, StreamingImageFolder) and test.image_size == (8, 8) and test.workers == 1
+    assert run.features()["pooled"].shape == (12, 64)  # 3 classes x 4 test images, evaluated from disk
+    assert [r["epoch"] for r in run.log()] == [1]

@@ -9,6 +9,30 @@ from .hooks import capture_outputs, resolve_module
 from .model import GatedClassifier, ModelOutput, build_model
 from .rundir import RunDir
 
+# The rest of the public API, imported on first use so `import csg` stays light
+# (metrics pull SciPy, reports matplotlib).
+_LAZY = {
+    "TrainConfig": "csg.training.config", "resolve_config": "csg.training.config", "train": "csg.training.trainer",
+    "evaluate_run": "csg.training.evaluate", "load_model_from_run": "csg.training.checkpoint",
+    "load_dataset": "csg.data",
+    "mutual_information_matrix": "csg.metrics", "mis": "csg.metrics", "mis_ceiling": "csg.metrics",
+    "gap_closed": "csg.metrics", "l1_density": "csg.metrics", "gate_mi_agreement": "csg.metrics",
+    "build_method": "csg.methods", "icnn_filter_loss": "csg.methods.icnn",
+    "ICNNMethod": "csg.methods.icnn", "PICNNMethod": "csg.methods.picnn",
+    "run_analyses": "csg.analysis", "build_run_report": "csg.report", "compare_runs": "csg.report",
+    "localize_run": "csg.localization", "attack_run": "csg.adversarial", "explain_run": "csg.explain",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'csg' has no attribute {name!r}")
+
 __all__ = [
     "__version__",
     "CsgError",
@@ -22,4 +46,5 @@ __all__ = [
     "ModelOutput",
     "build_model",
     "RunDir",
+    *sorted(_LAZY),
 ]
