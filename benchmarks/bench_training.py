@@ -55,7 +55,8 @@ def main() -> None:
     train_set = load_dataset("fashion-mnist", "train", subset=args.subset, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = resolve_config(dict(method="csg", arch=args.arch, subset=args.subset, batch_size=args.batch_size,
-                                  epochs=3, period=3, csg_epochs=1, eval_every=0, evaluate=False, out=tmp))
+                                  epochs=3, schedule="alternate", warmup=0, period=3, csg_epochs=1, eval_every=0,
+                                  evaluate=False, out=tmp))
         trainer = Trainer(cfg, progress=False, train_set=train_set, test_set=train_set)
         torch.manual_seed(0)
         plain = build_model(args.arch, train_set.num_classes, train_set.in_channels).backbone

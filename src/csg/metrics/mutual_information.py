@@ -23,13 +23,22 @@ What scikit-learn (1.9.1) does, per call, and how it is reproduced here:
    ``n`` and the means over the kept samples.
 
 In one dimension the neighbours are order statistics: each column is sorted
-once; the k-th same-label distance comes from a window of ``k`` sorted
-neighbours on each side; counts come from ``searchsorted``. For the label
-``y == c`` the k-th distance inside class ``c`` comes from the class-sorted
-order (all classes at once). For the label ``y != c`` it equals the k-th
+once (rows padded with -inf / +inf so distances past a row's ends are inf).
+For the label ``y == c`` the k-th distance inside class ``c`` comes from the
+class-sorted order (a stable sort of the labels of the value-sorted samples,
+all classes at once) and a window of ``k`` class neighbours on each side;
+``m_i`` then lies between known positions: on each side, between the last
+class member within the radius and the first one beyond it, and a short
+search in that gap (probe next to the far member, interpolate, bisect) finds
+the boundary. For the label ``y != c`` the k-th distance equals the k-th
 distance among *all* samples unless a member of ``c`` is among a sample's
 ``k`` nearest neighbours, so the per-class sums are one total minus the
-class's own samples plus a correction for those few (sample, class) pairs.
+class's own samples plus a correction for those (sample, class) pairs, read
+from each sample's ``2k + 1`` nearest neighbours (merged from the two sides):
+the radius is the ``k``-th entry outside ``c``, at index ``p``, and
+``m = 1 + #{entries nearer than it}`` (``1 + p`` without ties); pairs whose
+list holds too many members of ``c`` scan further. Filters are processed in
+blocks (bounded memory), optionally on several threads (``n_jobs``).
 
 Floating point is reproduced exactly: scikit-learn's KD-tree distance in 1-D
 is ``|fl(x_i - x_j)|``; its brute-force search (used when a label has at most
@@ -39,6 +48,8 @@ x_j^2))``, and that is what is used for such labels here.
 from __future__ import annotations
 
 import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -49,7 +60,7 @@ from ..errors import CsgError
 __all__ = ["mutual_information_matrix", "prepare_features"]
 
 _NOISE = 1e-10            # scikit-learn's noise amplitude (Kraskov et al.)
-_BLOCK_ELEMENTS = 1 << 19  # samples x filters per block: bounds the working memory
+_BLOCK_ELEMENTS = 1 << 17  # samples x filters per block: bounds the working memory, stays in cache
 _PAIR_CHUNK = 1 << 20      # (sample, class) correction pairs handled at once
 _NOISE_ROWS = 4096         # rows of noise drawn at a time (same stream as one draw)
 
@@ -151,24 +162,27 @@ def _kth_of_two_sorted(left: np.ndarray, right: np.ndarray, k: int) -> np.ndarra
 
 
 def _side_distances(vals, width, lo=None, hi=None):
-    """Distances to the ``width`` sorted neighbours on each side: ``left``, ``right`` (width+1, B, N).
+    """Distances to the ``width`` sorted neighbours on each side: lists ``left``, ``right`` of (B, N).
 
-    ``left[t-1, b, p] = vals[b, p] - vals[b, p-t]`` and ``right[t-1, b, p] =
+    ``left[t-1][b, p] = vals[b, p] - vals[b, p-t]`` and ``right[t-1][b, p] =
     vals[b, p+t] - vals[b, p]`` (``fl(x_i - x_j)``, ascending in ``t``); ``inf``
-    past the row or past the segment ``[lo[p], hi[p])``, and in the extra last row.
+    past the row or past the segment ``[lo[p], hi[p])`` (1-D, shared by all rows).
     """
     B, n = vals.shape
-    left = np.full((width + 1, B, n), np.inf)
-    right = np.full((width + 1, B, n), np.inf)
-    for t in range(1, min(width, n - 1) + 1):  # shifted slices: no gathers
-        diff = vals[:, t:] - vals[:, :-t]
-        left[t - 1, :, t:] = diff
-        right[t - 1, :, :-t] = diff
-    if lo is not None:
-        pos = np.arange(n)
-        offs = np.arange(1, width + 1)[:, None]
-        left[:-1][np.broadcast_to((pos - offs < lo)[:, None, :], (width, B, n))] = np.inf
-        right[:-1][np.broadcast_to((pos + offs >= hi)[:, None, :], (width, B, n))] = np.inf
+    pos = np.arange(n)
+    left, right = [], []
+    for t in range(1, width + 1):
+        lt = np.full((B, n), np.inf)
+        rt = np.full((B, n), np.inf)
+        if t < n:  # shifted slices: no gathers
+            diff = vals[:, t:] - vals[:, :-t]
+            lt[:, t:] = diff
+            rt[:, :-t] = diff
+        if lo is not None:
+            np.copyto(lt, np.inf, where=(pos - t < lo)[None, :])
+            np.copyto(rt, np.inf, where=(pos + t >= hi)[None, :])
+        left.append(lt)
+        right.append(rt)
     return left, right
 
 
@@ -196,23 +210,24 @@ def _segment_radius(vals, seg_id, seg_lo, seg_len, n_neighbors):
     """``nextafter(d_k, 0)`` for every sample of ``vals`` (B, N), segments sorted by value.
 
     ``d_k`` is the distance to the ``k = min(n_neighbors, len - 1)``-th nearest
-    other member of the sample's segment. Segments of one member get NaN.
+    other member of the sample's segment. Segments of one member get NaN. Also
+    returns the side distances (``_side_distances`` with width ``n_neighbors``).
     """
     K = n_neighbors
     lo = seg_lo[seg_id]
     ln = seg_len[seg_id]
     hi = lo + ln
     out = np.full(vals.shape, np.nan)
+    left, right = _side_distances(vals, K, lo, hi)
     tree = ln > 2 * K + 1  # scikit-learn's KD-tree path: exact |x_i - x_j|
     if tree.any():
-        left, right = _side_distances(vals, K, lo, hi)
         kth = _kth_of_two_sorted(left, right, K)
         out[:, tree] = kth[:, tree]
     small = (ln >= 2) & ~tree  # brute-force path
     if small.any():
         pos = np.flatnonzero(small)
         out[:, pos] = _brute_kth(vals, pos, lo[pos], ln[pos], np.minimum(K, ln[pos] - 1), 2 * K + 1)
-    return np.nextafter(out, 0)
+    return np.nextafter(out, 0), left, right
 
 
 def _count_within(sorted_vals: np.ndarray, x: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -278,8 +293,8 @@ def _binary_mi(Xb: np.ndarray, z: np.ndarray, n_neighbors: int, psi: np.ndarray)
         v = np.sort(Xb[:, g], axis=1)
         m = g.size
         k = min(n_neighbors, m - 1)
-        r = _segment_radius(v, np.zeros(m, dtype=np.int64), np.zeros(1, np.int64), np.array([m]),
-                            n_neighbors)
+        r, _, _ = _segment_radius(v, np.zeros(m, dtype=np.int64), np.zeros(1, np.int64), np.array([m]),
+                                  n_neighbors)
         cnt = _count_within(kept, v, r)
         acc += m * (digamma(k) - psi[m]) - psi[cnt].sum(axis=1)
     return np.maximum(0.0, psi[n_s] + acc / n_s)
@@ -339,112 +354,228 @@ def _negative_radius_excluding(s, ys, eqrun, b, p, c, K):
     return m_out
 
 
-def _nearest_neighbours(s, ys, width):
-    """The ``width`` nearest other samples of each sample, nearest first: (width, B, n) each.
+def _boundary(flat, x, r, inside, outside, step):
+    """First position from ``inside`` in direction ``step`` (+1 or -1) whose distance to ``x`` exceeds ``r``.
 
-    A merge of the ``width`` sorted neighbours on each side, which holds the
-    true ``width`` nearest. Returns distances and classes (``inf`` and -1 past
-    the row's ends).
+    A search along a sorted row of ``flat``: ``inside`` is within ``r`` of
+    ``x`` and ``outside`` beyond it (a sample or the +-inf padding). The
+    distance is the KD-tree's ``|fl(x_i - x_j)|``, exactly. Probes: next to
+    ``outside`` (when ``outside`` is the neighbour that sets the radius, as on
+    one side of most samples, that settles it), then where linear
+    interpolation of the values puts the boundary, then next to that probe,
+    then bisection.
     """
-    B, n = s.shape
-    left, right = _side_distances(s, width)
-    il = np.zeros((1, B, n), dtype=np.int64)
-    ir = np.zeros((1, B, n), dtype=np.int64)
-    pos = np.arange(n) + (np.arange(B) * n)[:, None]  # flat index of each sample
-    ysf = ys.ravel()
-    d_nb = np.empty((width, B, n))
-    c_nb = np.empty((width, B, n), dtype=ys.dtype)
+    def dist(q, xq):
+        return flat[q] - xq if step > 0 else xq - flat[q]
+
+    out = None
+    idx, a, b, xx, rr = None, inside, outside, x, r  # idx None: all queries still in the arrays
+    mid = b - step
+    probe = 0
+    while a.size:
+        beyond = dist(mid, xx) > rr
+        # b = beyond ? mid : b, a = beyond ? a : mid (arithmetic: np.where is slow on random masks)
+        shift = (mid - a) * beyond
+        b = a + shift + (b - a) * ~beyond
+        a = mid - shift
+        open_ = np.abs(b - a) > 1
+        n_open = np.count_nonzero(open_)
+        if n_open < open_.size // 2 or n_open == 0:  # compact now and then (closed searches stay put)
+            if idx is None:
+                out, idx = b, np.arange(b.size)
+            else:
+                out[idx] = b
+            keep = np.flatnonzero(open_)
+            idx, a, b, xx, rr, beyond = (v.take(keep) for v in (idx, a, b, xx, rr, beyond))
+        probe += 1
+        if probe == 1:  # interpolate: the distance grows from <= r at a to > r at b
+            da, db = dist(a, xx), dist(b, xx)
+            length = np.abs(b - a)
+            frac = (rr - da) / (db - da)  # 0 where b is the padding (inf)
+            mid = a + step * np.clip((frac * length).astype(np.int64), 1, length - 1)
+        elif probe == 2:  # next to the last probe, on the side the boundary lies
+            mid = a + step + (b - a - 2 * step) * beyond
+        else:
+            mid = (a + b) >> 1
+    if idx is None:
+        return b
+    out[idx] = b
+    return out
+
+
+def _nearest_neighbours(flat, cls_flat, x, pos, width):
+    """The ``width`` nearest other samples of each sample, nearest first: (width, N) each.
+
+    A merge of the sorted neighbours on the two sides, walking outwards from
+    ``pos`` (flat indices into rows padded with ``-inf`` / ``+inf`` of class -1).
+    Returns distances and classes; equal distances may come in either order
+    (only the multiset of distances below a radius matters downstream).
+    """
+    N = x.size
+    d_nb = np.empty((width, N))
+    c_nb = np.empty((width, N), dtype=cls_flat.dtype)
+    q_left, q_right = pos - 1, pos + 1
+    left, right = x - flat[q_left], flat[q_right] - x
     for j in range(width):
-        L = np.take_along_axis(left, il, axis=0)[0]
-        R = np.take_along_axis(right, ir, axis=0)[0]
-        take_left = L <= R
-        d_nb[j] = np.where(take_left, L, R)
-        at = np.where(take_left, pos - il[0] - 1, pos + ir[0] + 1)
-        c_nb[j] = np.where(np.isfinite(d_nb[j]), ysf[np.clip(at, 0, ysf.size - 1)], -1)
-        il[0] += take_left
-        ir[0] += ~take_left
+        take_right = left > right
+        np.minimum(left, right, out=d_nb[j])
+        q = q_left + (q_right - q_left) * take_right  # the sample just listed (arithmetic, not np.where)
+        c_nb[j] = cls_flat[q]
+        if j + 1 < width:  # step past it on its side; only that side's distance changes
+            q_left = q_left - ~take_right
+            q_right = q_right + take_right
+            v = flat[q + 2 * take_right - 1]
+            # x - v <= 0 <= left when the right side moved (and v - x <= 0 <= right the other way)
+            left = np.maximum(left, x - v)
+            right = np.maximum(right, v - x)
     return d_nb, c_nb
 
 
-def _count_in_list(d_nb, D, eqrun):
-    """``m = #{j : |x_i - x_j| <= nextafter(D, 0)}`` (self included) from the nearest list.
+def _positive_sums(s, flat, row_start, ys, C, counts, seg_lo, lab_sorted, K, psi):
+    """``SP[b, c] = sum over members i of c of psi(m_i)`` for the label ``y == c`` (B, C).
 
-    For ``D > 0`` every such sample is nearer than ``D``, hence in the list when
-    ``D`` is one of its entries; for ``D == 0`` it is the run of equal values.
+    The k-th neighbour inside the class comes from the class-major value-minor
+    order (a stable sort of the labels of the value-sorted samples, all classes
+    at once). ``m_i`` counts all samples within the radius: on each side the
+    boundary lies between the last member inside the radius and the first one
+    beyond it (or the row's end), found by a short search in that gap.
     """
-    r = np.nextafter(D, 0)
-    m = 1 + (d_nb <= r).sum(axis=0)
-    return np.where(D > 0, m, eqrun)
+    B, n = s.shape
+    perm = np.argsort(ys, axis=1, kind="stable")  # small-integer keys: numpy's radix sort
+    cs = np.take_along_axis(s, perm, axis=1)
+    r, left, right = _segment_radius(cs, lab_sorted, seg_lo, counts, K)
+    valid = counts[lab_sorted] >= 2
+    r = np.where(valid, r, 0.0)  # NaN for one-member classes: their terms are dropped
+    lo = seg_lo[lab_sorted]
+    hi = lo + counts[lab_sorted]
+    j = np.arange(n)
+    rows = np.arange(B)[:, None] * n
+
+    perm_flat = perm.ravel()
+    all_valid = bool(valid.all())
+
+    def bracket(side, step, end, row_edge):
+        # the a members of this side within r come first; the member after them is beyond r
+        a = sum(d <= r for d in side)
+        at = rows + j + step * a
+        inner = perm_flat[at]
+        nxt = j + step * (a + 1)
+        exists = (a < K) & ((nxt < end) if step > 0 else (nxt >= end))
+        # no member beyond r on this side: search up to the row's end (arithmetic blend, not np.where)
+        outer = row_edge + (perm_flat[np.clip(at + step, 0, perm_flat.size - 1)] - row_edge) * exists
+        if not all_valid:  # one-member classes: nothing to search, their terms are dropped
+            outer = np.where(valid, outer, inner + step)
+        return inner, outer
+
+    inner_r, outer_r = bracket(right, 1, hi, n)
+    inner_l, outer_l = bracket(left, -1, lo, -1)
+    x, r = cs.ravel(), r.ravel()
+    q_right = _boundary(flat, x, r, (inner_r + row_start).ravel(), (outer_r + row_start).ravel(), 1)
+    q_left = _boundary(flat, x, r, (inner_l + row_start).ravel(), (outer_l + row_start).ravel(), -1)
+    m = (q_right - q_left - 1).reshape(B, n)  # (q_right - p - 1) + (p - q_left - 1) + 1
+    w = np.where(valid, psi[m], 0.0)
+    SP = np.zeros((B, C))
+    present = counts > 0
+    SP[:, present] = np.add.reduceat(w, seg_lo[present], axis=1)
+    return SP
 
 
-def _row_class_sum(w, cls, C):
-    """``out[b, c] = sum_j w[b, j] [cls[b, j] == c]`` for (B, n) arrays."""
-    B = w.shape[0]
-    key = (np.arange(B)[:, None] * C + cls).ravel()
-    return np.bincount(key, weights=w.ravel(), minlength=B * C).reshape(B, C)
+def _negative_sums(s, flat, cls_flat, row_start, ys, C, regular, K, psi):
+    """``SQ[b, c] = sum over non-members i of c of psi(m_i)`` for the label ``y != c``, regular ``c``.
+
+    Every sample keeps its all-sample radius (k-th nearest of all) unless a
+    member of ``c`` is among its k nearest neighbours; then the radius is the
+    distance of the k-th non-member in its nearest-first neighbour list, at
+    index ``p_c``, and ``m = 1 + #{list entries nearer than it}``
+    (``= 1 + p_c`` without ties). So ``SQ = total - own class + corrections``.
+    """
+    B, n = s.shape
+    N = B * n
+    W = 2 * K + 1  # neighbours listed: room for K + 1 skipped members
+    x = s.ravel()
+    ysf = ys.ravel()
+    d_nb, c_nb = _nearest_neighbours(flat, cls_flat, x, (row_start + np.arange(n)).ravel(), W)
+    eqrun = None
+    zeros = d_nb[0] == 0
+    if zeros.any():  # a radius of 0 counts the run of equal values
+        eqrun = _equal_run_length(s).ravel()
+        n_zero = (d_nb == 0).sum(axis=0)
+    # tie_start[j]: index of the first list entry equal to entry j, so #{entries < d_j} = tie_start[j]
+    ties = d_nb[1:] == d_nb[:-1]
+    tie_start = None
+    if ties.any():
+        tie_start = np.empty((W, N), dtype=np.int8)
+        tie_start[0] = 0
+        for j in range(1, W):
+            tie_start[j] = np.where(ties[j - 1], tie_start[j - 1], j)
+        tie_start = tie_start.ravel()
+    flat_ix = np.arange(N)
+
+    def count(p, ix):
+        """``m`` (self included) for the radius set by list entry ``p`` of the samples ``ix``."""
+        m = 1 + (p if tie_start is None else tie_start[p.astype(np.intp) * N + ix]).astype(np.int64)
+        return m if eqrun is None else np.where(p < n_zero[ix], eqrun[ix], m)
+
+    w_all = psi[count(np.full(N, K - 1, dtype=np.int8), flat_ix)]
+    row = np.repeat(np.arange(B), n)
+    T = w_all.reshape(B, n).sum(axis=1)
+    U = np.bincount(row * C + ysf, weights=w_all, minlength=B * C).reshape(B, C)
+    regular_ext = np.append(regular, False)  # class -1 (padding) is not regular
+    keys, vals, fb_b, fb_p, fb_c = [], [], [], [], []
+    for t in range(K):  # the class of the t-th nearest neighbour, once per sample
+        c_t = c_nb[t]
+        hit = (c_t != ysf) & (c_t >= 0)
+        if not regular.all():
+            hit &= regular_ext[c_t]
+        for u in range(t):
+            hit &= c_nb[u] != c_t
+        # p = index of the K-th list entry outside class c_t: #{j : fewer than K non-members up to j}
+        seen = np.zeros(N, dtype=np.int8)
+        p = np.zeros(N, dtype=np.int8)
+        for j in range(W):
+            seen += c_nb[j] != c_t
+            p += seen < K
+        found = seen >= K
+        ok = np.flatnonzero(hit & found)
+        keys.append(row[ok] * C + c_t[ok])
+        vals.append(psi[count(p[ok], ok)] - w_all[ok])
+        far = np.flatnonzero(hit & ~found)  # members crowd the list: scan further for these
+        fb_b.append(far // n)
+        fb_p.append(far % n)
+        fb_c.append(c_t[far])
+    delta = np.bincount(np.concatenate(keys), weights=np.concatenate(vals), minlength=B * C)
+    hb, hp, hc = (np.concatenate(a) for a in (fb_b, fb_p, fb_c))
+    if hb.size:
+        if eqrun is None:
+            eqrun = _equal_run_length(s).ravel()
+        eq2 = eqrun.reshape(B, n)
+        for start in range(0, hb.size, _PAIR_CHUNK):
+            sl = slice(start, start + _PAIR_CHUNK)
+            m_neg = _negative_radius_excluding(s, ys, eq2, hb[sl], hp[sl], hc[sl], K)
+            delta += np.bincount(hb[sl] * C + hc[sl], weights=psi[m_neg] - w_all[hb[sl] * n + hp[sl]],
+                                 minlength=B * C)
+    return T[:, None] - U + delta.reshape(B, C)
 
 
 def _block_mi(Xb, y, C, counts, seg_lo, lab_sorted, regular, special, K, psi):
     """MI (B, C) for the filters in rows of ``Xb`` (B, n)."""
     B, n = Xb.shape
+    pad = 2 * K + 2  # the neighbour walk never leaves a row's padding
     order = np.argsort(Xb, axis=1)  # the order among equal values does not matter
-    s = np.take_along_axis(Xb, order, axis=1)
-    ys = y[order]
-    eqrun = _equal_run_length(s)
+    # Value-sorted rows padded with -inf / +inf (class -1): distances past a row's ends are inf.
+    sp = np.empty((B, n + 2 * pad))
+    sp[:, :pad], sp[:, pad + n:] = -np.inf, np.inf
+    s = sp[:, pad:pad + n]
+    s[...] = np.take_along_axis(Xb, order, axis=1)
+    ysp = np.full((B, n + 2 * pad), -1, dtype=y.dtype)
+    ys = ysp[:, pad:pad + n]
+    ys[...] = y[order]
+    row_start = (np.arange(B) * (n + 2 * pad) + pad)[:, None]  # flat index of each row's first sample
+    flat, cls_flat = sp.ravel(), ysp.ravel()
 
-    # y == c: k-th neighbour inside the class, from the class-major value-minor
-    # order (a stable sort of the labels of the value-sorted samples).
-    small = np.int16 if C < 2**15 else np.int64  # 16-bit keys: numpy's radix sort
-    perm = np.argsort(ys.astype(small), axis=1, kind="stable")
-    cs = np.take_along_axis(s, perm, axis=1)
-    r_cs = _segment_radius(cs, lab_sorted, seg_lo, counts, K)
-    r_cs[:, counts[lab_sorted] < 2] = 0.0
-    r_pos = np.empty_like(r_cs)
-    np.put_along_axis(r_pos, perm, r_cs, axis=1)  # back to value order: sorted queries are faster
-    m_pos = _count_within(s, s, r_pos)
-    w_pos = np.where(counts[ys] >= 2, psi[m_pos], 0.0)
-    SP = _row_class_sum(w_pos, ys, C)
-
-    # y != c for regular classes: every other sample keeps its all-sample radius
-    # unless a member of c is among its k nearest neighbours; then the radius is
-    # the k-th nearest non-member, read from the same sorted neighbour list.
-    SQ = np.zeros((B, C))
-    if regular.any():
-        width = 2 * K + 1          # neighbours per side: room for K + 1 skipped members
-        d_nb, c_nb = _nearest_neighbours(s, ys, width)
-        D = d_nb[K - 1]
-        m_all = _count_in_list(d_nb, D, eqrun)
-        w_all = psi[m_all]
-        T = w_all.sum(axis=1)
-        U = _row_class_sum(w_all, ys, C)
-        delta = np.zeros(B * C)
-        row_key = (np.arange(B) * C)[:, None]
-        fb_b, fb_p, fb_c = [], [], []
-        for t in range(K):          # the class of the t-th nearest neighbour, once per sample
-            c_t = c_nb[t]
-            hit = (c_t != ys) & regular[c_t]
-            for u in range(t):
-                hit &= c_nb[u] != c_t
-            # D_t = distance of the K-th list entry outside class c_t.
-            seen = np.zeros(c_t.shape, dtype=np.int16)
-            D_t = np.full(c_t.shape, np.inf)
-            for j in range(width):
-                other = (c_nb[j] != c_t) & (c_nb[j] >= 0)
-                seen += other
-                D_t = np.where(other & (seen == K), d_nb[j], D_t)
-            found = seen >= K
-            ok = hit & found
-            m_t = _count_in_list(d_nb, np.where(ok, D_t, D), eqrun)
-            delta += np.bincount((row_key + c_t)[ok], weights=(psi[m_t] - w_all)[ok], minlength=B * C)
-            far = np.nonzero(hit & ~found)  # members crowd the list: scan further for these
-            fb_b.append(far[0]); fb_p.append(far[1]); fb_c.append(c_t[far])
-        hb, hp, hc = (np.concatenate(a) for a in (fb_b, fb_p, fb_c))
-        for start in range(0, hb.size, _PAIR_CHUNK):
-            sl = slice(start, start + _PAIR_CHUNK)
-            m_neg = _negative_radius_excluding(s, ys, eqrun, hb[sl], hp[sl], hc[sl], K)
-            delta += np.bincount(hb[sl] * C + hc[sl], weights=psi[m_neg] - w_all[hb[sl], hp[sl]],
-                                 minlength=B * C)
-        SQ = T[:, None] - U + delta.reshape(B, C)
+    SP = _positive_sums(s, flat, row_start, ys, C, counts, seg_lo, lab_sorted, K, psi)
+    SQ = (_negative_sums(s, flat, cls_flat, row_start, ys, C, regular, K, psi) if regular.any()
+          else np.zeros((B, C)))
 
     nP = counts.astype(np.int64)
     nQ = n - nP
@@ -461,7 +592,16 @@ def _block_mi(Xb, y, C, counts, seg_lo, lab_sorted, regular, special, K, psi):
     return np.maximum(mi, 0.0)
 
 
-def _mi_from_prepared(X, y, num_classes, n_neighbors=3, chunk_size=None) -> np.ndarray:
+def _resolve_jobs(n_jobs) -> int:
+    if n_jobs is None:
+        return 1
+    if not isinstance(n_jobs, numbers.Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
+        raise CsgError(f"n_jobs must be a non-zero integer or None, got {n_jobs!r}")
+    cpus = os.cpu_count() or 1
+    return int(n_jobs) if n_jobs > 0 else max(1, cpus + 1 + int(n_jobs))
+
+
+def _mi_from_prepared(X, y, num_classes, n_neighbors=3, chunk_size=None, n_jobs=1) -> np.ndarray:
     """MI matrix (K, C) from the already scaled and noised ``X`` (n, K) float64."""
     n, F = X.shape
     K = n_neighbors
@@ -472,17 +612,33 @@ def _mi_from_prepared(X, y, num_classes, n_neighbors=3, chunk_size=None) -> np.n
     seg_lo = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     lab_sorted = np.repeat(np.arange(C), counts)
     psi = digamma(np.arange(n + 1, dtype=np.float64))
+    # Small class codes: the stable label sort becomes a radix sort, the gathers lighter.
+    y = y.astype(np.int8 if C <= 127 else np.int16 if C <= 32767 else np.int64)
     block = chunk_size or max(1, _BLOCK_ELEMENTS // n)
+    n_blocks = -(-F // block)
+    if n_jobs > 1 and chunk_size is None:  # equal blocks, a multiple of the workers
+        n_blocks = -(-max(n_blocks, n_jobs) // n_jobs) * n_jobs
+        block = -(-F // n_blocks)
+    spans = [(f0, min(F, f0 + block)) for f0 in range(0, F, block)]
     out = np.empty((F, C))
-    for f0 in range(0, F, block):  # blocks of filters bound the memory
-        f1 = min(F, f0 + block)
+
+    def run(span):  # blocks of filters bound the memory; numpy releases the GIL in the kernels
+        f0, f1 = span
         Xb = np.ascontiguousarray(X[:, f0:f1].T)
         out[f0:f1] = _block_mi(Xb, y, C, counts, seg_lo, lab_sorted, regular, special, K, psi)
+
+    if n_jobs > 1 and len(spans) > 1:
+        with ThreadPoolExecutor(min(n_jobs, len(spans))) as pool:
+            list(pool.map(run, spans))
+    else:
+        for span in spans:
+            run(span)
     return out
 
 
 def mutual_information_matrix(features, labels, n_neighbors: int = 3, random_state=0,
-                              num_classes: int | None = None, chunk_size: int | None = None) -> np.ndarray:
+                              num_classes: int | None = None, chunk_size: int | None = None,
+                              n_jobs: int | None = None) -> np.ndarray:
     """Filter-class mutual information ``M`` (K x C, nats): ``M[k, c] = MI(a_k ; 1[y = c])``.
 
     Equals, to rounding, ``sklearn.feature_selection.mutual_info_classif(features,
@@ -499,7 +655,9 @@ def mutual_information_matrix(features, labels, n_neighbors: int = 3, random_sta
             gives a constant target (0). Default ``labels.max() + 1``.
         chunk_size: filters per block (memory bound); default keeps a block near
             half a million samples x filters.
+        n_jobs: threads over blocks of filters (None or 1: one, -1: all cores);
+            the result does not depend on it. More threads help only on idle cores.
     """
     x, y, C, K = _validate(features, labels, n_neighbors, num_classes, chunk_size)
     X = prepare_features(x, random_state)
-    return _mi_from_prepared(X, y, C, K, chunk_size)
+    return _mi_from_prepared(X, y, C, K, chunk_size, _resolve_jobs(n_jobs))

@@ -51,10 +51,10 @@ class TrainConfig:
     hflip: bool = True
     freeze_below: str | None = None
     # CSG (METHOD.md section 2)
-    schedule: str = "alternate"
+    schedule: str = "joint"      # docs/tuning.md: joint after a short STD warm-up, measured best here
     period: int = 3
     csg_epochs: int = 1
-    warmup: int = 0
+    warmup: int = 2
     final_csg_epochs: int = 0
     rho: float | None = None
     penalty: str = "l1"
@@ -110,21 +110,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CIFAR-10 / ResNet-20: 200 epochs, SGD momentum 0.9, lr 0.1, batch 256, 1 CSG epoch in 3.
     "paper-cifar": dict(data="cifar10", arch="resnet20", epochs=200, batch_size=256, optimizer="sgd", lr=0.1,
                         lr_schedule="multistep", milestones=(0.5, 0.75), period=3, csg_epochs=1, rho=0.1,
-                        crop_padding=4, hflip=True),
+                        crop_padding=4, hflip=True, schedule="alternate", warmup=0),
     # The same schedule length on the built-in Fashion-MNIST.
     "paper-fashion-mnist": dict(data="fashion-mnist", arch="resnet20", epochs=200, batch_size=256, lr=0.1,
-                                lr_schedule="multistep", milestones=(0.5, 0.75), period=3, csg_epochs=1),
+                                lr_schedule="multistep", milestones=(0.5, 0.75), period=3, csg_epochs=1,
+                                schedule="alternate", warmup=0),
     # ImageNet / ResNet-18, 1000 classes (Appendix B): batch 256, 90 epochs, lr 0.1 steps at 30/60, rho 0.1.
     # The images are streamed from DIR/train/<class>/ and DIR/val/<class>/ and resized to 224 x 224.
     "imagenet": dict(data="image-folder-stream", resize=224, arch="resnet18", small_input=False, epochs=90,
                      batch_size=256,
                      optimizer="sgd", lr=0.1, weight_decay=1e-4, lr_schedule="multistep",
                      milestones=(1 / 3, 2 / 3), period=3, csg_epochs=1, rho=0.1, crop_padding=0, hflip=True,
+                     schedule="alternate", warmup=0,
                      eval_batch_size=256),
     # VOC fine-tuning (Appendix B and the reference code): 10 STD warm-up epochs, 1 CSG epoch in 3, Adam,
     # lr 1e-5 for STD and 1e-3 for CSG epochs, layers below stage 3 (STD) / 4 (CSG) frozen, rho 0.2.
     "voc": dict(data="voc-animals", arch="resnet152", optimizer="adam", lr=1e-5, csg_lr=1e-3, weight_decay=0.0,
-                warmup=10, period=3, csg_epochs=1, rho=0.2, lr_schedule="constant", freeze_below="layer3",
+                schedule="alternate", warmup=10, period=3, csg_epochs=1, rho=0.2, lr_schedule="constant", freeze_below="layer3",
                 csg_freeze_below="layer4", epochs=100, batch_size=32, crop_padding=0),
 }
 
