@@ -3,7 +3,10 @@ per-image Python loop, in one run; plus the clutter generation time.
 
     python benchmarks/bench_localization.py [--device cpu|cuda] [--images 8] [--size 64] [--arch resnet20]
 
-A "map" is one filter's map of one image (GradMap, ActivMap) or one image's CAM.
+A "map" is one filter's map of one image (GradMap, ActivMap) or one image's CAM. GradMap rows: "gradmap" is
+csg's default (strategy "auto": "shared" on CPU, "replicate" on CUDA), "gm-repl" forces the replicated
+one-backward-per-chunk strategy, "gm-vmap" is the former is_grads_batched path; every row's loop is one
+autograd.grad per filter over the whole image batch.
 """
 from __future__ import annotations
 
@@ -48,6 +51,24 @@ def gradmap_loop(model, x, sigma):
     return torch.stack(out, 1)
 
 
+def gradmap_vmap(model, x, sigma, chunk):
+    """The former batched path: is_grads_batched=True over one-hot grad outputs (kept for comparison)."""
+    xx = x.clone().requires_grad_(True)
+    pooled = model.feature_maps(xx).mean(dim=(2, 3))
+    n, k = pooled.shape
+    per = max(1, chunk // n)
+    gs = []
+    for s in range(0, k, per):
+        sel = torch.arange(s, min(k, s + per))
+        oh = torch.zeros(sel.numel(), n, k)
+        oh[torch.arange(sel.numel()), :, sel] = 1.0
+        (g,) = torch.autograd.grad(pooled, xx, grad_outputs=oh, is_grads_batched=True, retain_graph=True)
+        gs.append(g.transpose(0, 1))
+    mag = torch.cat(gs, 1).pow(2).sum(2).sqrt()
+    rms = mag.pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+    return gaussian_blur(mag / rms.clamp(min=1e-30), sigma)
+
+
 @torch.no_grad()
 def activmap_loop(model, x):
     a = model.feature_maps(x)
@@ -71,7 +92,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--chunk", type=int, default=512, help="image-filter pairs per batched GradMap pass")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="image-filter pairs per replicated GradMap pass (default: from a memory budget)")
     p.add_argument("--clutter", action="store_true", help="also time 60k+10k clutter generation (real data)")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -83,14 +105,21 @@ def main() -> None:
     n = args.images
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.arch} (K={k}), "
           f"{n} images of {args.size}x{args.size}")
-    gm = GradMap(sigma=5.0, chunk=args.chunk)
+    gm = GradMap(sigma=5.0, chunk=args.chunk)  # strategy "auto": shared on CPU, replicate on CUDA
+    gm_rep = GradMap(sigma=5.0, chunk=args.chunk, strategy="replicate")
+    gm_vmap = GradMap(sigma=5.0, chunk=args.chunk, strategy="replicate")
+    gm_vmap.compute = lambda model, images, labels=None, filters=None: gradmap_vmap(model, images, 5.0,
+                                                                                  args.chunk or 512)
     rows = [
         ("gradmap", n * k, lambda: gm(model, x), lambda: gradmap_loop(model, x, 5.0)),
+        ("gm-repl", n * k, lambda: gm_rep(model, x), lambda: gradmap_loop(model, x, 5.0)),
+        ("gm-vmap", n * k, lambda: gm_vmap(model, x), lambda: gradmap_loop(model, x, 5.0)),
         ("activmap", n * k, lambda: ActivMap()(model, x), lambda: activmap_loop(model, x)),
         ("cam", n, lambda: CAM()(model, x, labels), lambda: cam_loop(model, x, labels)),
     ]
-    ref = {"gradmap": gm(model, x), "activmap": ActivMap()(model, x), "cam": CAM()(model, x, labels)}
-    loops = {"gradmap": gradmap_loop(model, x, 5.0), "activmap": activmap_loop(model, x),
+    ref = {"gradmap": gm(model, x), "gm-repl": gm_rep(model, x), "gm-vmap": gm_vmap(model, x), "activmap": ActivMap()(model, x), "cam": CAM()(model, x, labels)}
+    loops = {"gradmap": gradmap_loop(model, x, 5.0), "gm-repl": gradmap_loop(model, x, 5.0),
+             "gm-vmap": gradmap_loop(model, x, 5.0), "activmap": activmap_loop(model, x),
              "cam": cam_loop(model, x, labels)}
     print(f"{'method':<9} {'maps':>6} {'batched maps/s':>15} {'loop maps/s':>12} {'speed-up':>9} {'max |diff|':>11}")
     for name, count, batched, loop in rows:

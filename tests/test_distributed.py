@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 # --batch-size is the GLOBAL batch: one process takes 32 images per step, each of two ranks 16.
 FLAGS = ["--data", "fashion-mnist", "--subset", "64", "--test-subset", "40", "--arch", "resnet20",
-         "--method", "csg", "--period", "2", "--batch-size", "32", "--lr", "0.05", "--lr-schedule", "constant",
+         "--method", "csg", "--schedule", "alternate", "--warmup", "0", "--period", "2", "--batch-size", "32", "--lr", "0.05", "--lr-schedule", "constant",
          "--no-progress", "--device", "cpu", "--seed", "0", "--channels-last", "false"]
 
 # Tolerance of "the same result": the float32 rounding of a 2-rank run (sums split over ranks, batch-norm
@@ -59,7 +59,7 @@ def _relative_distance(a: dict, b: dict) -> float:
 
 def _single(tiny_idx_dir, out: Path, epochs: int):
     values = dict(data="fashion-mnist", data_dir=str(tiny_idx_dir), subset=64, test_subset=40, arch="resnet20",
-                  method="csg", period=2, batch_size=32, lr=0.05, lr_schedule="constant", device="cpu",
+                  method="csg", schedule="alternate", warmup=0, period=2, batch_size=32, lr=0.05, lr_schedule="constant", device="cpu",
                   seed=0, channels_last=False, epochs=epochs, out=str(out), evaluate=False, threads=1)
     return train(resolve_config(values), progress=False)
 

@@ -143,10 +143,11 @@ def test_streaming_quantile_matches_numpy():
 
 
 # ---- maps --------------------------------------------------------------------------------------
-def test_batched_gradmap_equals_per_filter_autograd():
+@pytest.mark.parametrize("strategy", ["replicate", "shared"])
+def test_batched_gradmap_equals_per_filter_autograd(strategy):
     model = tiny_model(k=5, in_ch=3)
     x = torch.rand(3, 3, 12, 12)
-    gm = GradMap(sigma=1.5, chunk=4)  # chunk < N*K forces several batched passes
+    gm = GradMap(sigma=1.5, chunk=7, strategy=strategy)  # replicate: 2 filters per pass, passes of 2, 2, 1
     maps = gm(model, x)
     ref = []
     for k in range(5):  # the slow way: one backward per filter

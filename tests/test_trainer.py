@@ -31,9 +31,9 @@ def cfg_for(tiny_idx_dir, out, **kw):
 
 @pytest.mark.parametrize("method,extra", [
     ("std", {}),
-    ("csg", {"period": 1, "csg_epochs": 1}),          # every epoch a CSG epoch
-    ("csg", {"schedule": "joint"}),
-    ("csg-fixed", {"period": 1, "csg_epochs": 1}),
+    ("csg", {"schedule": "alternate", "warmup": 0, "period": 1, "csg_epochs": 1}),  # every epoch a CSG epoch
+    ("csg", {"schedule": "joint", "warmup": 0}),
+    ("csg-fixed", {"schedule": "alternate", "warmup": 0, "period": 1, "csg_epochs": 1}),
 ])
 def test_each_method_lowers_the_loss_of_a_tiny_model(tiny_idx_dir, tmp_path, method, extra):
     run = train(cfg_for(tiny_idx_dir, tmp_path / "run", method=method, **extra), progress=False)

@@ -14,7 +14,7 @@ from .rundir import RunDir
 _LAZY = {
     "TrainConfig": "csg.training.config", "resolve_config": "csg.training.config", "train": "csg.training.trainer",
     "evaluate_run": "csg.training.evaluate", "load_model_from_run": "csg.training.checkpoint",
-    "load_dataset": "csg.data",
+    "load_dataset": "csg.data", "dataset_options": "csg.data", "SpeedPolicy": "csg.training.speed",
     "mutual_information_matrix": "csg.metrics", "mis": "csg.metrics", "mis_ceiling": "csg.metrics",
     "gap_closed": "csg.metrics", "l1_density": "csg.metrics", "gate_mi_agreement": "csg.metrics",
     "build_method": "csg.methods", "icnn_filter_loss": "csg.methods.icnn",

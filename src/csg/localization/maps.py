@@ -113,32 +113,84 @@ class CAM(MapMethod):
         return {"method": self.name, "quantile": self.quantile}
 
 
-def filter_input_gradients(model, images: torch.Tensor, filters=None, chunk: int = 256) -> torch.Tensor:
+def _saved_bytes_per_image(model, images: torch.Tensor) -> int:
+    """Bytes autograd saves for one image's forward to the feature layer (measured on one image)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    x = images[:1].detach().clone().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.feature_maps(x)
+    return max(total, x.numel() * x.element_size())
+
+
+def _pairs_per_pass(model, images, memory_budget: float | None) -> int:
+    """Image-filter pairs one replicated pass may hold: ``budget / (2 x saved bytes per image)`` (the factor 2
+    leaves room for the backward's gradients). Budget: half the free GPU memory, or 2 GiB on the CPU."""
+    if memory_budget is None:
+        if images.device.type == "cuda":
+            memory_budget = 0.5 * torch.cuda.mem_get_info(images.device)[0]
+        else:
+            memory_budget = 2.0 * 2 ** 30
+    return max(1, int(memory_budget // (2 * _saved_bytes_per_image(model, images))))
+
+
+def filter_input_gradients(model, images: torch.Tensor, filters=None, chunk: int | None = None,
+                           strategy: str = "auto", memory_budget: float | None = None) -> torch.Tensor:
     """``G[n, j] = d mean_hw(A_{k_j}) / d x_n`` for every image and selected filter: ``N x J x C x H x W``.
 
-    One forward pass, then batched backward passes (``torch.autograd.grad(..., is_grads_batched=True)``,
-    i.e. vmap over the one-hot grad outputs), ``chunk`` image-filter pairs per pass so memory stays
-    bounded. Images are independent in eval mode (no batch statistics), so the gradient of
-    ``sum_n a[n, k]`` with respect to ``x_n`` is the gradient of ``a[n, k]`` alone.
+    Exact for a model in eval mode (no batch statistics, no dropout): images are then independent, so the
+    gradient of a sum over images with respect to ``x_n`` is image ``n``'s own gradient. Two strategies:
+
+    * ``"replicate"`` (default on CUDA): ``R`` filters per pass; the batch is copied ``R`` times into one
+      ``R*N`` batch (copy ``j`` of image ``n`` stands for filter ``k_j``), one forward, and ONE ordinary
+      backward of ``sum_j sum_n a[j*N + n, k_j]``: each copy's input gradient is exactly its filter's
+      gradient. ``R = chunk // N`` (``chunk`` = image-filter pairs per pass), or from ``memory_budget``
+      (bytes; default half the free GPU memory, 2 GiB on CPU) over the measured autograd bytes per image.
+    * ``"shared"`` (default on CPU): one forward of the ``N`` images, then one backward per filter, each
+      batched over all images (``retain_graph``). On a CPU the convolution backward is bound by memory
+      traffic, so the small ``N``-image working set beats an ``R*N`` one, and the forward is done once
+      (measured in ``benchmarks/bench_localization.py``).
+
+    ``torch.autograd.grad(..., is_grads_batched=True)`` is not used: its vmap falls back to a per-sample
+    loop for ``convolution_backward`` and ``native_batch_norm_backward`` and was slower than either.
     """
-    x = images.detach().clone().requires_grad_(True)
+    if strategy == "auto":
+        strategy = "replicate" if images.device.type == "cuda" else "shared"
+    if strategy not in ("replicate", "shared"):
+        raise CsgError(f"unknown GradMap strategy {strategy!r}; choose auto, replicate or shared")
+    n = images.shape[0]
+    k = model.num_filters
+    idx = _filter_index(filters, k, images.device)
+    if idx is None:
+        idx = torch.arange(k, device=images.device)
+    x = images.detach()
+    if idx.numel() == 0 or n == 0:
+        return x.new_zeros((n, idx.numel()) + tuple(x.shape[1:]))
+    out = []
     with torch.enable_grad():
-        pooled = model.feature_maps(x).mean(dim=(2, 3))  # N x K
-        n, k = pooled.shape
-        idx = _filter_index(filters, k, pooled.device)
-        if idx is None:
-            idx = torch.arange(k, device=pooled.device)
-        per_pass = max(1, chunk // max(n, 1))
-        out = []
-        for start in range(0, idx.numel(), per_pass):  # chunks of filters, each chunk one batched pass
+        if strategy == "shared":
+            xx = x.clone().requires_grad_(True)
+            pooled = model.feature_maps(xx).mean(dim=(2, 3))  # N x K
+            for j, f in enumerate(idx.tolist()):  # one backward per filter, all images at once
+                (g,) = torch.autograd.grad(pooled[:, f].sum(), xx, retain_graph=j + 1 < idx.numel())
+                out.append(g)
+            return torch.stack(out, dim=1)
+        pairs = int(chunk) if chunk else _pairs_per_pass(model, x, memory_budget)
+        per_pass = max(1, pairs // n)
+        for start in range(0, idx.numel(), per_pass):
             sel = idx[start:start + per_pass]
-            onehot = torch.zeros(sel.numel(), n, k, device=pooled.device, dtype=pooled.dtype)
-            onehot[torch.arange(sel.numel(), device=pooled.device), :, sel] = 1.0
-            last = start + per_pass >= idx.numel()
-            (g,) = torch.autograd.grad(pooled, x, grad_outputs=onehot, is_grads_batched=True,
-                                       retain_graph=not last)
-            out.append(g.transpose(0, 1))  # N x J x C x H x W
-    return torch.cat(out, dim=1) if out else x.new_zeros((n, 0) + tuple(x.shape[1:]))
+            r = sel.numel()
+            xx = x.repeat(r, *([1] * (x.dim() - 1))).requires_grad_(True)  # copy j = rows j*N .. j*N+N-1
+            pooled = model.feature_maps(xx).mean(dim=(2, 3)).view(r, n, -1)
+            diag = pooled[torch.arange(r, device=x.device), :, sel]  # r x N: copy j, its filter k_j
+            (g,) = torch.autograd.grad(diag.sum(), xx)
+            out.append(g.view(r, n, *x.shape[1:]).transpose(0, 1))
+    return torch.cat(out, dim=1)
 
 
 class GradMap(MapMethod):
@@ -153,15 +205,18 @@ class GradMap(MapMethod):
     select_ap = 20
 
     def __init__(self, sigma: float = 5.0, threshold: float = 1.0, truncate: float = 4.0,
-                 mode: str = "reflect", chunk: int = 256):
+                 mode: str = "reflect", chunk: int | None = None, strategy: str = "auto",
+                 memory_budget: float | None = None):
         self.sigma = float(sigma)
         self.threshold = float(threshold)
         self.truncate = float(truncate)
         self.mode = mode
-        self.chunk = int(chunk)
+        self.chunk = None if chunk is None else int(chunk)
+        self.strategy = strategy
+        self.memory_budget = memory_budget
 
     def compute(self, model, images, labels=None, filters=None):
-        g = filter_input_gradients(model, images, filters, self.chunk).detach()
+        g = filter_input_gradients(model, images, filters, self.chunk, self.strategy, self.memory_budget).detach()
         mag = g.float().pow(2).sum(dim=2).sqrt()  # N x K x H x W, L2 over colour channels
         rms = mag.pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
         mag = mag / torch.where(rms > 0, rms, torch.ones_like(rms))

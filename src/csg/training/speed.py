@@ -11,15 +11,15 @@ Defaults (``None`` = choose):
 - CUDA: bf16 autocast when the GPU supports it, channels-last, pinned memory
   and non-blocking copies; ``torch.compile`` only when asked (it costs minutes
   of compilation and breaks on the feature-layer early exit of some backbones).
-- CPU: float32 and the contiguous layout. On this project's CPU measurements
-  (``benchmarks/bench_training_scale.py``, docs/benchmarks.md) channels-last
-  was not faster for the small ResNets and its BatchNorm backward rounds
-  differently enough to move a 1-step gradient by up to 3% (vs 0.5% for
-  contiguous float32, both against float64); bf16 autocast is faster only on
-  processors with AVX512-BF16/AMX and changes results beyond float32 rounding,
-  so it is opt-in (``amp=True``). ``threads`` sets ``torch.set_num_threads``
-  (default: torch's choice, all cores of this process; under torchrun the
-  cores divided by the local world size).
+- CPU: float32; ``csg train`` passes ``--channels-last`` (default true), which
+  ``benchmarks/bench_training_scale.py`` measured 1.34x faster for resnet20 on
+  this project's CPU with a one-step gradient still within float32 rounding of
+  float64 (1.2e-2 vs 4.7e-3 relative for the contiguous layout; docs/benchmarks.md,
+  "Training at scale"). bf16 autocast was 3x faster on a processor with
+  AVX512-BF16 but moved that gradient by ~50%, so it is opt-in (``amp=True``)
+  and ignored on processors without native bf16. ``threads`` sets
+  ``torch.set_num_threads`` (default: torch's choice, all cores of this process;
+  under torchrun the cores divided by the local world size).
 """
 from __future__ import annotations
 

@@ -286,7 +286,7 @@ class Trainer:
             if lazy:
                 bad = torch.where((bad < 0) & ~torch.isfinite(out.loss.detach()), batch_index, bad)
             elif not torch.isfinite(out.loss):
-                self._nonfinite(epoch, batch_index, float(out.loss))
+                self._nonfinite(epoch, batch_index, float(out.loss.detach()))
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             out.loss.backward()
