@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--onepixel-population", type=int, default=100,
                     help="DE population per image (Su et al.: 400; rounded up to a multiple of 2 + C)")
     ap.add_argument("--onepixel-iters", type=int, default=2, help="DE generations after the initial one")
+    ap.add_argument("--only-onepixel", action="store_true", help="skip the white-box and local-search rows")
     ap.add_argument("--onepixel-repeat", type=int, default=1, help="timed runs per one-pixel variant")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per variant; the best is kept")
     args = ap.parse_args()
@@ -74,7 +75,7 @@ def main() -> None:
     print(f"device {dev}, {args.arch}, {args.n} images 1x28x28, torch threads {torch.get_num_threads()}, "
           f"best of {args.repeat}")
     print(f"{'attack':32s} {'batched img/s':>14s} {'one-by-one img/s':>17s} {'speed-up':>9s}")
-    for name, fn in cases.items():
+    for name, fn in ({} if args.only_onepixel else cases).items():
         t_batch = timed(lambda: fn(x, y))
         t_single = timed(lambda: [fn(x[i:i + 1], y[i:i + 1]) for i in range(args.n)])
         print(f"{name:32s} {args.n / t_batch:14.1f} {args.n / t_single:17.1f} {t_single / t_batch:8.1f}x")
