@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CsgError
+from ..io import atomic_write_with
 
 NAME = "fashion-mnist-clutter"
 CACHE_ENV = "CSG_CACHE_DIR"
@@ -41,24 +41,9 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """Uncompressed ``np.savez`` straight to a temporary file in the target folder, then ``os.replace``
-    (large arrays are not held twice in memory, as a bytes buffer would)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Uncompressed ``np.savez`` streamed into an atomically renamed file (large arrays are not held
+    twice in memory, as a bytes buffer would)."""
+    return atomic_write_with(path, lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def _split_seed(seed: int, split: str) -> int:
