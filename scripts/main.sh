@@ -10,7 +10,6 @@ SUBSET=${SUBSET:-20000}
 SEED=${SEED:-0}
 METHODS=${METHODS:-"std csg icnn picnn"}
 mkdir -p "$RUNS"
-dirs=()
 for m in $METHODS; do
   run="$RUNS/$m-seed$SEED"
   if [ -f "$run/checkpoint.safetensors" ] && [ ! -f "$run/metrics.json" ]; then
@@ -20,7 +19,9 @@ for m in $METHODS; do
   fi
   csg analyze "$run"
   csg report "$run"
-  dirs+=("$run")
 done
-csg compare "${dirs[@]}" --out "$RUNS/compare"
+# every finished run in RUNS, so that SEED=1 bash scripts/main.sh adds seeds to the same table
+finished=()
+for d in "$RUNS"/*-seed*; do [ -f "$d/metrics.json" ] && finished+=("$d"); done
+csg compare "${finished[@]}" --out "$RUNS/compare"
 echo "comparison page: $RUNS/compare/index.html"
