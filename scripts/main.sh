@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: train STD, CSG, ICNN and PICNN on Fashion-MNIST with the same seed and epochs,
 # measure them, analyse them, write a report per run and one comparison page.
-# About 25 minutes on 2 idle CPU cores (see README). Environment knobs: RUNS (output folder), EPOCHS, SUBSET,
+# About 23 minutes on 2 idle CPU cores (measured, see README). Environment knobs: RUNS (output folder), EPOCHS, SUBSET,
 # SEED, METHODS. The test split is scored every 4th epoch during training (for the curves) and fully at the end.
 set -euo pipefail
 RUNS=${RUNS:-runs/fashion-mnist}

@@ -1,11 +1,13 @@
 """Black-box attacks: one-pixel (differential evolution) and local search (METHOD.md section 6)."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
 from csg.adversarial import local_search_attack, one_pixel_attack, perturbation_norms
 from csg.adversarial.blackbox import _cyclic
+from csg.errors import CsgError
 
 
 class BrightPixel(nn.Module):
@@ -63,7 +65,20 @@ def test_one_pixel_failure_changes_nothing_and_respects_the_budget():
     res = one_pixel_attack(unbeatable, x, y, population=30, max_iter=100, max_queries=200, seed=1)
     assert not bool(res.success.any())
     torch.testing.assert_close(res.images, x)
-    assert bool((res.queries <= 200 + 1).all())  # the last +1 is the final check of the best candidate
+    assert bool((res.queries <= 200).all())
+    assert bool((res.queries > 200 - 30).all())  # it used the budget, in whole generations of 30
+
+
+def test_one_pixel_budget_below_one_generation_shrinks_the_population():
+    # Su et al.'s 400 candidates on a gray image are 134 x 3 = 402 > 300: the population must shrink
+    # to 300 (100 x 3), so the first generation alone does not break the budget.
+    x = dark_images(2)
+    y = torch.zeros(2, dtype=torch.long)
+    res = one_pixel_attack(BrightPixel(threshold=2.0), x, y, population=400, max_iter=100, max_queries=300, seed=0)
+    assert res.extra["population"] == 300
+    assert res.queries.tolist() == [300, 300]
+    with pytest.raises(CsgError, match="query budget 4 is below one generation"):
+        one_pixel_attack(BrightPixel(), x, y, max_queries=4)
 
 
 def test_local_search_uses_no_gradients_and_follows_the_algorithm():

@@ -5,13 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from csg.methods import build_method
 from csg.methods.icnn import (ICNNMethod, ICNNState, icnn_filter_loss, icnn_filter_mi, icnn_mask,
                               icnn_templates)
-from csg.model import GatedClassifier
 from csg.training.config import TrainConfig
+from tiny_methods import TinySet, bar_data, tiny_model
 
 
 # ---- templates and mask ------------------------------------------------------------------
@@ -151,35 +150,6 @@ def test_state_assigns_each_filter_to_the_class_that_activates_it_most():
 
 
 # ---- the method in a training loop -----------------------------------------------------------
-def tiny_model(num_classes=4, seed=0):
-    torch.manual_seed(seed)
-    backbone = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1, stride=2),
-                             nn.ReLU())
-    return GatedClassifier(backbone, "3", num_classes, num_filters=12)
-
-
-def bar_data(n_per_class=16, num_classes=4, size=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
-    images = torch.rand(labels.numel(), 1, size, size, generator=g) * 0.2
-    for c in range(num_classes):
-        images[labels == c, 0, 3 * c:3 * c + 2, 2:-2] = 0.9
-    return images, labels
-
-
-class TinySet:
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-        self.num_classes = int(labels.max()) + 1
-
-    def __len__(self):
-        return self.labels.numel()
-
-    def batches(self, batch_size, shuffle=False, generator=None, device="cpu", augment=None, **kw):
-        for i in range(0, len(self), batch_size):
-            yield self.images[i:i + batch_size].to(device), self.labels[i:i + batch_size].to(device)
-
-
 def test_a_tiny_model_trains_with_the_filter_loss_and_the_mask_is_applied():
     images, labels = bar_data()
     model = tiny_model()

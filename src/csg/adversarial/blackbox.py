@@ -66,8 +66,9 @@ def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *
     true-class probability ``P(y | x')`` (minimised). Settings follow Su et al.:
     population 400, F = 0.5, no crossover (``recombination = 1``), 100
     generations, stop at the first generation whose best member fools the
-    model. ``max_queries`` caps the model evaluations per image (the initial
-    population counts as one generation).
+    model. ``max_queries`` caps the model evaluations per image: the whole
+    population is scored each generation (the first included), so a budget
+    below ``population`` shrinks the population to fit.
     """
     from scipy.optimize import differential_evolution
 
@@ -78,8 +79,14 @@ def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *
     n, c, h, w = images.shape
     dim = pixels * (2 + c)
     multiplier = max(1, math.ceil(population / dim))
-    pop_size = multiplier * dim
     if max_queries is not None:
+        # The first generation is scored whole, so a budget below it shrinks the population.
+        multiplier = max(1, min(multiplier, int(max_queries) // dim))
+    pop_size = max(5, multiplier * dim)  # SciPy's smallest population
+    if max_queries is not None:
+        if pop_size > max_queries:
+            raise CsgError(f"query budget {max_queries} is below one generation of the one-pixel attack "
+                           f"({pop_size} candidates); raise --query-budget to at least {pop_size}")
         max_iter = max(0, min(max_iter, int(max_queries) // pop_size - 1))
     bounds = [(0, w - 1e-6), (0, h - 1e-6)] + [(0.0, 1.0)] * c
     bounds = bounds * pixels
@@ -117,16 +124,14 @@ def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *
         def stop(intermediate_result) -> bool:
             return state["found"] is not None
 
-        result = differential_evolution(
+        differential_evolution(
             fitness, bounds, strategy="rand1bin", maxiter=max_iter, popsize=multiplier, tol=-1, atol=0,
             mutation=mutation, recombination=recombination, rng=np.random.default_rng([int(seed), i]),
             callback=stop, polish=False, init="random", updating="deferred", vectorized=True)
-        best = state["found"] if state["found"] is not None else result.x
-        candidate = apply(image, np.asarray(best).reshape(dim, 1))[0]
-        fooled = int(_probs(model, candidate[None], 1).argmax(1)) != label
-        queries[i] = state["queries"] + 1
-        if fooled:
-            adv_all[i] = candidate.to(images.device)
+        # A candidate that fooled the model was seen in ``fitness``; no query is spent re-checking it.
+        queries[i] = state["queries"]
+        if state["found"] is not None:
+            adv_all[i] = apply(image, state["found"].reshape(dim, 1))[0].to(images.device)
             success[i] = True
     return BlackBoxResult(adv_all, success, queries, {"pixels": pixels, "population": pop_size})
 
