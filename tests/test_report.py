@@ -176,7 +176,8 @@ def test_compare_table_aggregates_seeds_and_closes_the_gap(fake_runs, tmp_path):
     # the localization totals of the one run that has them, and the detection table
     loc = json.loads((fake_runs["csg-s0"].path / "localization.json").read_text())
     assert rows["csg"]["values"]["gradmap.avg_iou"]["mean"] == pytest.approx(loc["gradmap"]["avg_iou"])
-    assert "GradMap IoU" in text and "Adversarial detection error" in text
+    assert "GradMap Avg-IoU" in _section(text, "localization") and "Adversarial detection error" in text
+    assert "GradMap" not in _section(text, "table")  # the totals are not repeated in Table 1
     # the published CIFAR-10 rows, with the paper's 23% of the gap closed
     assert "0.9192" in text and "0.1603" in text
     assert data["reference"][0]["gap_closed"] == pytest.approx(0.23, abs=0.005)
@@ -285,9 +286,14 @@ def test_compare_puts_localization_and_adversarial_side_by_side(fake_runs, tmp_p
     for f in LOC_FIGURES + ADV_FIGURES:
         assert {f"csg-s0_{f}", f"std-s0_{f}"} <= figs
         assert (out / "figures" / f"csg-s0_{f}").is_file()
-        pair = next(p for p in re.findall(r'<div class="pair">.*?</div></figure></div>', text) if f"csg-s0_{f}" in p)
-        assert f"std-s0_{f}" in pair and "csg-s1" in pair
-    assert "csg localize" in sec and "csg attack" in asec
+        pairs = [chunk.split("</section>")[0] for chunk in text.split('<div class="pair">')[1:]]
+        pair = next(p for p in pairs if f"csg-s0_{f}" in p)
+        assert f"std-s0_{f}" in pair and "csg-s1" not in pair  # another seed of csg has it: no empty panel
+    assert re.search(r"<td>csg</td>(<td[^>]*>[^<]*</td>){2}<td[^>]*>1</td>", sec)  # one of two csg runs localized
+    # a method none of whose runs has the results: one note with the command to run
+    page2 = compare_runs([fake_runs[n].path for n in ("csg-s1", "std-s0")], tmp_path / "cmp2")
+    text2 = page2.read_text(encoding="utf-8")
+    assert "csg localize" in _section(text2, "localization") and "csg attack" in _section(text2, "adversarial")
 
 
 def test_localization_totals_read_defensively():

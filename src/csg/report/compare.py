@@ -33,7 +33,7 @@ from ..metrics import mis_ceiling
 from . import figures as F
 from . import html as H
 from . import sections as S
-from .run_report import _num, _read_json, flatten, matrix_figures
+from .run_report import _num, _read_json, matrix_figures
 
 
 def _paper_rows() -> list[dict]:
@@ -49,9 +49,6 @@ def _paper_rows() -> list[dict]:
 
 PAPER_TABLE1_CIFAR10 = _paper_rows()
 
-#: the main table's localization columns: the metrics the paper reports per method
-LOCALIZATION_METHODS = (("gradmap", "GradMap", ("avg_iou", "ap20")), ("activmap", "ActivMap", ("avg_iou", "ap30")),
-                        ("cam", "CAM", ("avg_iou", "ap30")))
 
 
 def localization_totals(data: dict | None) -> dict[str, float]:
@@ -193,7 +190,17 @@ def _copied_figures(r: "_Run", data: dict | None, figdir: Path) -> list[tuple[st
 
 def _paired(runs: list["_Run"], attr: str, out: Path, figdir: Path, command: str,
             fig_entries: list[dict]) -> str:
-    """One ``.pair`` row per figure name, one column per run (a visible note where a run lacks it)."""
+    """One ``.pair`` row per figure name, one column per run that has the result; a method none of whose
+    runs has it gets one visible note with the command (seeds without it are not listed one by one)."""
+    methods_with = {(r.data, r.arch, r.method) for r in runs if getattr(r, attr) is not None}
+    seen: set = set()
+    shown = []
+    for r in runs:
+        key = (r.data, r.arch, r.method)
+        if getattr(r, attr) is not None or (key not in methods_with and key not in seen):
+            shown.append(r)
+            seen.add(key)
+    runs = shown
     by_name: "OrderedDict[str, dict[str, tuple[Path, str]]]" = OrderedDict()
     for r in runs:
         for name, dst, caption in _copied_figures(r, getattr(r, attr), figdir):
@@ -229,7 +236,8 @@ def _result_sections(runs: list["_Run"], rows: list[dict], per_run: dict, out: P
     if loc_cols:
         trows, classes = [], []
         for row in rows:
-            trows.append([H.esc(row["method"]), H.esc(row["data"]), H.esc(row["arch"]), str(len(row["runs"]))]
+            n_with = max(row["values"].get(c, {}).get("n") or 0 for c, _ in loc_cols)  # runs that were localized
+            trows.append([H.esc(row["method"]), H.esc(row["data"]), H.esc(row["arch"]), str(n_with)]
                          + [_pm(row["values"].get(c)) for c, _ in loc_cols])
             classes.append("")
         for which in ("csg", "std"):
@@ -260,7 +268,9 @@ def _result_sections(runs: list["_Run"], rows: list[dict], per_run: dict, out: P
                 have = [by_label[m] for m in row["runs"] if col in by_label[m].detection]
                 return have[0].detection_spread.get(col) if len(have) == 1 else None
 
-            trows.append([H.esc(row["method"]), H.esc(row["data"]), str(len(row["runs"])),
+            n_with = max(v.get(k, {}).get("n") or 0 for k in ["adversarial_clean_accuracy"]
+                         + [f"detection.{c}" for c in det_cols] + [f"blackbox.{c}" for c in bb_cols])
+            trows.append([H.esc(row["method"]), H.esc(row["data"]), str(n_with),
                           _pct_agg(v.get("adversarial_clean_accuracy"))]
                          + [_pct_agg(v.get(f"detection.{c}"), repeat_spread(c)) for c in det_cols]
                          + [_pct_agg(v.get(f"blackbox.{c}"), None, 1) for c in bb_cols])
@@ -332,10 +342,9 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
                      "seeds": [m.seed for m in members], "values": agg})
 
     # ---- the main table
-    loc_cols = [(f"{k}.{w}", f"{lab} {'IoU' if w == 'avg_iou' else w.upper()}") for k, lab, ws in LOCALIZATION_METHODS
-                for w in ws if any(per_run[r.label].get(f"{k}.{w}") is not None for r in runs)]
+    # localization and adversarial results have their own sections below
     headers = ["method", "data", "arch", "runs", "accuracy", "MIS", "gap closed vs STD", "gate-MI agreement",
-               "L1-density", "interval [1/C, rho]"] + [lab for _, lab in loc_cols]
+               "L1-density", "interval [1/C, rho]"]
     table_rows, classes = [], []
     for row in rows:
         a = row["values"]
@@ -344,12 +353,12 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
         gap = "0 (baseline)" if row["method"] == "std" else _pm(a.get("gap_closed"), 3)
         table_rows.append([H.esc(row["method"]), H.esc(row["data"]), H.esc(row["arch"]), str(len(row["runs"])),
                            _pm(a.get("accuracy")), _pm(a.get("mis")), gap, _pm(a.get("gate_mi_agreement"), 3),
-                           _pm(a.get("l1_density")), interval] + [_pm(a.get(c)) for c, _ in loc_cols])
+                           _pm(a.get("l1_density")), interval])
         classes.append("")
     for ref in PAPER_TABLE1_CIFAR10:
         table_rows.append([H.esc(ref["method"]), ref["data"], ref["arch"], "paper", H.fmt(ref["accuracy"]),
                            H.fmt(ref["mis"]), "0 (baseline)" if ref["method"].startswith("std") else H.fmt(ref["gap_closed"], 3),
-                           "–", H.fmt(ref["l1_density"]), ref["interval"]] + ["–"] * len(loc_cols))
+                           "–", H.fmt(ref["l1_density"]), ref["interval"]])
         classes.append("ref")
     body = [H.section("Table 1: accuracy and interpretability",
                       '<p class="note">Mean ± sample standard deviation over the runs of each method. Gap closed '
