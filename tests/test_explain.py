@@ -52,7 +52,7 @@ def test_explain_names_the_filter_built_to_fire():
     assert e.filters[0].filter == 2
     # contribution = W[c, k] * a_k, with a_k the pooled activation computed by hand
     a2 = torch.relu(torch.nn.functional.conv2d(x[None], model.backbone[0].weight[2:3], model.backbone[0].bias[2:3],
-                                               padding=1)).mean()
+                                               padding=1)).mean().item()
     assert e.filters[0].activation == pytest.approx(float(a2), rel=1e-5)
     assert e.filters[0].contribution == pytest.approx(8.0 * float(a2), rel=1e-5)
     assert e.filters[0].gate_classes == ["square"]  # G[:, 2] = (0.1, 1.0)
