@@ -1,5 +1,4 @@
 """The training loop: every method learns, resume is exact, bad input gets one line."""
-import json
 import os
 import signal
 import subprocess

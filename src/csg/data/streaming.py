@@ -18,7 +18,6 @@ in-memory path yield identical batches. Workers only decode.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Iterator, Sequence

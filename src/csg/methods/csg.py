@@ -9,7 +9,6 @@ step the whole sum) or with a fixed binary gate (Appendix E).
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from ..gate import ClassSpecificGate, check_density

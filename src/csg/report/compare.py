@@ -7,10 +7,9 @@ gap to the ceiling that the method closes,
     gap closed = (MIS - MIS_std) / (ceiling - MIS_std)
 
 (``MIS_std`` = mean MIS of the STD runs on the same data and arch; ceiling =
-metrics ``mis_ceiling`` if present, else ``H(1/C)``), gate-MI agreement,
-L1-density with its interval ``[1/C, rho]`` and the localization totals the
-paper reports. The published CIFAR-10 rows of Table 1 are shown beside as a
-reference, and the gate, MI matrix, correlation and removal figures of every
+metrics ``mis_ceiling`` if present, else ``H(1/C)``), gate-MI agreement, and
+L1-density with its interval ``[1/C, rho]``. The published CIFAR-10 rows of
+Table 1 are shown beside as a reference, and the gate, MI matrix, correlation and removal figures of every
 run are placed side by side. When runs have ``localization.json`` or
 ``adversarial.json``, a Localization section (GradMap / ActivMap / CAM
 Avg-IoU, AP20, AP30 per method, the paper's VOC totals, overlay figures run by
@@ -33,7 +32,8 @@ from ..metrics import mis_ceiling
 from . import figures as F
 from . import html as H
 from . import sections as S
-from .run_report import _num, _read_json, matrix_figures
+from .run_report import _read_json, matrix_figures
+from .sections import num as _num
 
 
 def _paper_rows() -> list[dict]:
@@ -48,7 +48,6 @@ def _paper_rows() -> list[dict]:
 
 
 PAPER_TABLE1_CIFAR10 = _paper_rows()
-
 
 
 def localization_totals(data: dict | None) -> dict[str, float]:

@@ -14,7 +14,6 @@ configuration. Figures drawn here go to ``RUN/figures/``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from ..io import atomic_write_text, to_json
 from . import figures as F
 from . import html as H
 from .sections import adversarial_section, localization_section
+from .sections import num as _num
 
 REPORT_DIR = "report"
 SKIP_JSON = {"config.json", "metrics.json"}
@@ -44,10 +44,6 @@ def flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
         else:
             out.append((key, v))
     return out
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
 def _read_json(path: Path) -> dict | None:

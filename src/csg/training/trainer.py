@@ -12,7 +12,6 @@ import math
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from ..methods import build_method
 from ..model import GatedClassifier, build_model
 from ..rundir import CHECKPOINT, CONFIG, LOG, RunDir
 from ..training.schedule import STD, lr_factor
-from .checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from .checkpoint import restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, init_distributed
 from .speed import SpeedPolicy
@@ -269,6 +268,10 @@ class Trainer:
                 value = torch.tensor(float(value), dtype=torch.float64, device=self.device)
             sums[key] = sums[key] + value if key in sums else value
 
+        def reduced_sums() -> dict[str, float]:
+            """The running sums over all ranks (every rank calls it, in the same key order)."""
+            return {k: float(self.dist.all_reduce_sum(v)) for k, v in sorted(sums.items())}
+
         bar = tqdm(total=n_total, initial=self.start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs} [{phase}]",
                    leave=False, disable=self._progress_disabled(), dynamic_ncols=True)
         start = time.perf_counter()
@@ -315,14 +318,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(sums['loss'] / sums['n']):.3f}",
                                 acc=f"{float(sums.get('correct', 0) / max(float(sums.get('n_std', 1)), 1)):.3f}")
             if checkpoint:
-                partial = {k: float(self.dist.all_reduce_sum(v)) for k, v in sorted(sums.items())}
+                partial = reduced_sums()
                 if self.dist.is_main:
                     self._save(epoch, batch_index, partial)
         bar.close()
         if lazy and int(bad) >= 0:
             self._nonfinite(epoch, int(bad), math.nan)
         seconds = time.perf_counter() - start
-        totals = {k: float(v) for k, v in ((k, self.dist.all_reduce_sum(v)) for k, v in sorted(sums.items()))}
+        totals = reduced_sums()
         n = max(totals.get("n", 0.0), 1.0)
         record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "loss": totals.get("loss", math.nan) / n}
         for key in sorted(set(totals) - {"n", "loss", "correct", "correct_csg", "n_std", "n_csg"}):
