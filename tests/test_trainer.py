@@ -47,6 +47,13 @@ def test_each_method_lowers_the_loss_of_a_tiny_model(tiny_idx_dir, tmp_path, met
         assert np.allclose(gate.max(axis=0), 1.0) and gate.min() >= 0
 
 
+@pytest.mark.parametrize("epochs,warned", [(2, True), (3, False)])
+def test_a_schedule_without_csg_epochs_is_pointed_out(tiny_idx_dir, tmp_path, capsys, epochs, warned):
+    # the default warm-up is 2 STD epochs: a 2-epoch CSG run would never train its gate
+    train(cfg_for(tiny_idx_dir, tmp_path / "run", method="csg", epochs=epochs), progress=False)
+    assert ("the gated path was never trained" in capsys.readouterr().err) == warned
+
+
 def test_default_gate_settings_converge_into_the_interval():
     """With the default gate optimiser, lr, penalty and init, a CSG step on class-informative features
     drives the L1-density into [1/C, rho + 0.02] within the CSG steps of the README's run (4 epochs of

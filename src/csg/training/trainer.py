@@ -227,6 +227,11 @@ class Trainer:
             gate = self.method.gate_matrix(self.model)
             if gate is not None:
                 self.run.write_npy("gate.npy", gate)
+            if cfg.method in ("csg", "csg-fixed") and all(self.method.phase(e) == STD for e in range(cfg.epochs)):
+                # e.g. a 2-epoch smoke run with the default 2 warm-up epochs: the gate kept its initial value
+                print(f"note: this schedule had no CSG epoch (--warmup {cfg.warmup}, --epochs {cfg.epochs}): the "
+                      "gated path was never trained; lower --warmup or train for more epochs", file=sys.stderr,
+                      flush=True)
         self.dist.barrier()
         return self.run
 
