@@ -100,6 +100,9 @@ def add_parser(sub) -> None:
     m.add_argument("--icnn-test-mask", type=_bool, metavar="BOOL",
                    help="keep the ICNN mask in the network at test time, as in Zhang et al. [true]")
     m.add_argument("--picnn-weight", type=float, help="weight of the PICNN interpretation loss [2]")
+    m.add_argument("--picnn-v-optimizer", choices=("model", "own"),
+                   help="PICNN's V trained with the weights by the model optimiser (as the authors do), or by "
+                        "its own --gate-optimizer at --gate-lr [model]")
     p.set_defaults(func=run)
 
 

@@ -102,9 +102,13 @@ def picnn_interpretation_loss(z2: torch.Tensor, labels: torch.Tensor, yhat: torc
 class PICNNMethod(TrainingMethod):
     """``CE(z1, y) + picnn_weight * CE(z2, y)`` over the samples whose drawn class is right.
 
-    ``model.picnn`` (:class:`PICNNCorrespondence`) holds ``V``; it is trained by
-    the gate optimiser (``--gate-lr``, ``--gate-optimizer``). ``gate_matrix``
-    returns ``Q`` (``C x K``).
+    ``model.picnn`` (:class:`PICNNCorrespondence`) holds ``V``. By default
+    (``picnn_v_optimizer = "model"``) it is trained with the network's weights by
+    the one model optimiser (its learning rate, momentum, weight decay and
+    schedule), as in the authors' code; ``"own"`` gives it the gate optimiser
+    (``--gate-lr``, ``--gate-optimizer``) instead. With a separate Adam at lr 1e-3
+    an entry of V moves by about 1e-3 per step, so in a short run Q stays near
+    uniform (docs/tuning.md). ``gate_matrix`` returns ``Q`` (``C x K``).
     """
 
     name = "picnn"
@@ -115,6 +119,8 @@ class PICNNMethod(TrainingMethod):
             model.picnn.to(model.input_mean.device)
 
     def extra_parameters(self, model):
+        if getattr(self.cfg, "picnn_v_optimizer", "model") == "model":
+            return []  # V is one more weight of the model optimiser
         return [_unwrap(model).picnn.weight]
 
     def phase(self, epoch: int) -> str:

@@ -73,6 +73,7 @@ class TrainConfig:
     icnn_beta: float = 4.0
     icnn_test_mask: bool = True
     picnn_weight: float = 2.0
+    picnn_v_optimizer: str = "model"   # "model": V trained with the weights (the authors' one optimiser)
     # running
     device: str = "auto"
     threads: int | None = None
@@ -184,6 +185,9 @@ def validate(cfg: TrainConfig) -> None:
         raise CsgError("--warmup and --final-csg-epochs must be >= 0")
     if cfg.optimizer not in ("sgd", "adam"):
         raise CsgError(f"unknown --optimizer {cfg.optimizer!r}; choose sgd or adam")
+    if cfg.picnn_v_optimizer not in ("model", "own"):
+        raise CsgError(f"unknown --picnn-v-optimizer {cfg.picnn_v_optimizer!r}; choose model (V trained with the "
+                       "weights, as the authors do) or own (V by its own --gate-optimizer at --gate-lr)")
     if cfg.gate_optimizer not in ("sgd", "adam"):
         raise CsgError(f"unknown --gate-optimizer {cfg.gate_optimizer!r}; choose sgd or adam")
     if cfg.lr_schedule not in ("constant", "multistep", "cosine"):

@@ -77,6 +77,28 @@ def set_trainable(model: GatedClassifier, below: str | None) -> None:
         p.requires_grad_(False)
 
 
+def build_optimizers(cfg: TrainConfig, model: GatedClassifier, method) -> dict[str, torch.optim.Optimizer]:
+    """``{"model": ...}`` over every trainable parameter, plus ``"gate"`` over the method's
+    ``extra_parameters`` (the CSG gate, PICNN's V with ``picnn_v_optimizer = "own"``) at ``--gate-lr``."""
+    extra = method.extra_parameters(model)
+    extra_ids = {id(p) for p in extra}
+    main = [p for p in model.parameters() if id(p) not in extra_ids and p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizers = {"model": opt}
+    if extra:
+        if cfg.gate_optimizer == "sgd":
+            optimizers["gate"] = torch.optim.SGD(extra, lr=cfg.gate_lr, momentum=cfg.momentum)
+        else:
+            optimizers["gate"] = torch.optim.Adam(extra, lr=cfg.gate_lr)
+    for o in optimizers.values():
+        for g in o.param_groups:
+            g["initial_lr"] = g["lr"]
+    return optimizers
+
+
 class Trainer:
     """Train ``cfg.method`` on ``cfg.data`` into the run directory ``cfg.out``."""
 
@@ -154,24 +176,7 @@ class Trainer:
             raise CsgError(f"{self.cfg.data}: train images are {train_shape} but test images are {test_shape}")
 
     def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.cfg
-        extra = self.method.extra_parameters(self.model)
-        extra_ids = {id(p) for p in extra}
-        main = [p for p in self.model.parameters() if id(p) not in extra_ids and p.requires_grad]
-        if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        optimizers = {"model": opt}
-        if extra:
-            if cfg.gate_optimizer == "sgd":
-                optimizers["gate"] = torch.optim.SGD(extra, lr=cfg.gate_lr, momentum=cfg.momentum)
-            else:
-                optimizers["gate"] = torch.optim.Adam(extra, lr=cfg.gate_lr)
-        for o in optimizers.values():
-            for g in o.param_groups:
-                g["initial_lr"] = g["lr"]
-        return optimizers
+        return build_optimizers(self.cfg, self.model, self.method)
 
     def _set_epoch_lrs(self, epoch: int, phase: str) -> dict[str, float]:
         cfg = self.cfg
