@@ -14,7 +14,7 @@ from csg.analysis import (ablation_drops, class_selectivity, cluster_centres, co
                           feature_conv, feature_gate_similarity, inter_class_correlation, r_s_curve,
                           removal_filters_csg, removal_filters_std, run_analyses, selectivity_vs_drop,
                           weight_correlation)
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -24,10 +24,10 @@ def make_fake_run(path: Path, method: str = "csg", seed: int = 0, n_per_class: i
     """A run directory with config, checkpoint, features, gate, MI matrix, metrics and log,
     built from an untrained resnet20 on bar images (fast: no training)."""
     from conftest import make_bar_images
-    from csg.io import append_jsonl
+    from csg.core.io import append_jsonl
     from csg.methods import build_method
-    from csg.model import build_model
-    from csg.rundir import RunDir
+    from csg.core.model import build_model
+    from csg.runs.rundir import RunDir
     from csg.training.checkpoint import save_checkpoint
     from csg.training.config import TrainConfig
 
@@ -137,7 +137,7 @@ def test_inter_class_correlation_on_hand_built_matrix():
 
 
 def test_feature_conv_finds_the_last_conv_of_the_feature_layer():
-    from csg.model import build_model
+    from csg.core.model import build_model
 
     model = build_model("resnet20", 10, 1)
     name, conv = feature_conv(model)
@@ -315,7 +315,7 @@ def _strict_json(path: Path) -> dict:
 
 @pytest.mark.parametrize("method", ["csg", "std"])
 def test_run_analyses_writes_json_and_figures(tmp_path, method):
-    from csg.rundir import RunDir
+    from csg.runs.rundir import RunDir
 
     run = RunDir(make_fake_run(tmp_path / method, method))
     result = run_analyses(run, classes=[0, 1])

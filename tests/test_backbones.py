@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from csg.backbones import (BackboneSpec, CifarBasicBlock, available_backbones, build_backbone)
-from csg.errors import CsgError
-from csg.model import GatedClassifier
+from csg.core.errors import CsgError
+from csg.core.model import GatedClassifier
 
 CIFAR = ["resnet20", "resnet32", "resnet56", "resnet110"]
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from csg.adversarial import local_search_attack, one_pixel_attack, perturbation_norms
 from csg.adversarial.blackbox import _cyclic
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 
 
 class BrightPixel(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 from csg.training.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 
 

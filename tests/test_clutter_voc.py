@@ -12,7 +12,7 @@ from PIL import Image
 
 from csg.data.clutter import load_clutter, make_clutter
 from csg.data.voc import CLASSES, load_voc_objects, prepare_voc
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 
 
 def _objects(n=40, seed=0):

@@ -20,7 +20,7 @@ import torch
 from csg.data import Augment, ImageDataset, available_datasets, load_dataset
 from csg.data.augment import AugmentDraw
 from csg.data.dataset import DATA_DIR_ENV
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

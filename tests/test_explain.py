@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 from csg.explain import explain, explanation_figure, load_image
-from csg.gate import ClassSpecificGate
-from csg.model import GatedClassifier
+from csg.core.gate import ClassSpecificGate
+from csg.core.model import GatedClassifier
 
 
 def square_model() -> GatedClassifier:

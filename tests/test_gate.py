@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from csg.errors import CsgError
-from csg.gate import ClassSpecificGate, check_density, fixed_layout, gate_penalty, project_columns_
+from csg.core.errors import CsgError
+from csg.core.gate import ClassSpecificGate, check_density, fixed_layout, gate_penalty, project_columns_
 
 finite = st.floats(min_value=-5, max_value=5, allow_nan=False, allow_subnormal=False, width=32)
 

@@ -10,11 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 from csg.localization import (CAM, ActivMap, DatasetQuantile, FixedThreshold, GradMap, ImageQuantile,
                               StreamingQuantile, assign_classes, filter_tables, gaussian_blur, iou, localize,
                               score_filters, score_images)
-from csg.model import GatedClassifier
+from csg.core.model import GatedClassifier
 
 
 def tiny_model(k: int = 4, c: int = 3, in_ch: int = 1, seed: int = 0) -> GatedClassifier:

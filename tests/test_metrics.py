@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.feature_selection import mutual_info_classif
 
-from csg.errors import CsgError
+from csg.core.errors import CsgError
 from csg.metrics import (accuracy, gap_closed, gate_mi_agreement, indicator_entropy, l1_density, l1_interval, mis,
                          mis_ceiling, mutual_information_matrix, per_class_accuracy)
 

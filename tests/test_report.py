@@ -15,7 +15,7 @@ import pytest
 
 from csg.metrics import indicator_entropy, mis_ceiling
 from csg.report import build_run_report, compare_runs, localization_totals
-from csg.rundir import RunDir
+from csg.runs.rundir import RunDir
 from test_analysis import make_fake_run
 
 

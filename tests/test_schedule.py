@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from csg.training.schedule import CSG, JOINT, STD, epoch_phase, lr_factor
+from csg.methods.schedule import CSG, JOINT, STD, epoch_phase, lr_factor
 
 
 def phases(n, **kw):

@@ -91,7 +91,7 @@ def test_start_batch_and_registry(png_folder):
 def test_csg_train_streams_an_image_folder_with_workers(png_folder, tmp_path):
     """`csg train --data image-folder-stream --workers 1 --image-size 8` trains, evaluates and records both."""
     from csg.cli import main
-    from csg.rundir import RunDir
+    from csg.runs.rundir import RunDir
 
     out = tmp_path / "run"
     code = main(["train", "--data", "image-folder-stream", "--data-dir", str(png_folder), "--workers", "1",

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from csg.cli import main
-from csg.errors import CsgError
-from csg.rundir import RunDir
+from csg.core.errors import CsgError
+from csg.runs.rundir import RunDir
 from csg.training.checkpoint import read_checkpoint
 from csg.training.config import resolve_config
 from csg.training.trainer import Trainer, train
@@ -59,9 +59,9 @@ def test_default_gate_settings_converge_into_the_interval():
     drives the L1-density into [1/C, rho + 0.02] within the CSG steps of the README's run (4 epochs of
     156 steps, cosine-decayed). The features stand in for a warmed-up backbone: filter k responds to
     class k mod C, plus noise."""
-    from csg.gate import ClassSpecificGate
+    from csg.core.gate import ClassSpecificGate
     from csg.methods import build_method
-    from csg.training.schedule import CSG, lr_factor
+    from csg.methods.schedule import CSG, lr_factor
 
     torch.manual_seed(0)
     cfg = resolve_config({"method": "csg"})
@@ -190,7 +190,7 @@ def test_missing_data_folder_gives_the_install_command(tmp_path, capsys):
 
 
 def test_model_with_wrong_class_count_is_refused(tiny_idx_dir, tmp_path):
-    from csg.model import build_model
+    from csg.core.model import build_model
 
     model = build_model("resnet20", 7, 1)
     with pytest.raises(CsgError, match="7 classes"):

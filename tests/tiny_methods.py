@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from csg.model import GatedClassifier
+from csg.core.model import GatedClassifier
 
 
 def tiny_model(num_classes=4, seed=0):

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import CsgError
-from .gate import ClassSpecificGate, fixed_layout, gate_penalty, project_columns_
-from .hooks import capture_outputs, resolve_module
-from .model import GatedClassifier, ModelOutput, build_model
-from .rundir import RunDir
+from .core.errors import CsgError
+from .core.gate import ClassSpecificGate, fixed_layout, gate_penalty, project_columns_
+from .core.hooks import capture_outputs, resolve_module
+from .core.model import GatedClassifier, ModelOutput, build_model
+from .runs.rundir import RunDir
 
 # The rest of the public API, imported on first use so `import csg` stays light
 # (metrics pull SciPy, reports matplotlib).
 _LAZY = {
     "TrainConfig": "csg.training.config", "resolve_config": "csg.training.config", "train": "csg.training.trainer",
-    "evaluate_run": "csg.training.evaluate", "load_model_from_run": "csg.training.checkpoint",
+    "evaluate_run": "csg.runs.evaluate", "load_model_from_run": "csg.training.checkpoint",
     "load_dataset": "csg.data", "dataset_options": "csg.data", "SpeedPolicy": "csg.training.speed",
     "mutual_information_matrix": "csg.metrics", "mis": "csg.metrics", "mis_ceiling": "csg.metrics",
     "gap_closed": "csg.metrics", "l1_density": "csg.metrics", "gate_mi_agreement": "csg.metrics",

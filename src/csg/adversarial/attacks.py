@@ -4,7 +4,7 @@ Every attack is a subclass of :class:`Attack` that overrides one method,
 :meth:`Attack.perturb` (one batch in, one batch of adversarial images out);
 the base class splits the input into batches, moves them to the model's device
 and puts the results back. The model is any callable ``images [0, 1] -> logits``;
-for a :class:`csg.model.GatedClassifier` pass ``model.logits`` (eval mode).
+for a :class:`csg.core.model.GatedClassifier` pass ``model.logits`` (eval mode).
 
 An attack is *untargeted* when ``targets`` is ``None`` (push the true label
 ``y`` down) and *targeted* otherwise (pull the target ``t`` up):
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .attacks import Model, model_device
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import CsgError
-from ..hooks import capture_outputs, resolve_module
+from ..core.errors import CsgError
+from ..core.hooks import capture_outputs, resolve_module
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Hardswish, nn.Mish)
 
@@ -52,7 +52,7 @@ def _flat_stack_units(seq: nn.Sequential, prefix: str) -> list[str]:
 def find_blocks(model: nn.Module) -> list[str]:
     """Names (relative to ``model``) of the convolution blocks up to and including the feature layer.
 
-    For a :class:`csg.model.GatedClassifier`: walk the backbone's children in
+    For a :class:`csg.core.model.GatedClassifier`: walk the backbone's children in
     order up to the one holding the feature layer; a ``Sequential`` stage of
     blocks (ResNet ``layer1`` ...) gives each of its blocks, a flat conv stack
     (VGG/AlexNet ``features``) gives each conv(-BN)-activation unit. The stem

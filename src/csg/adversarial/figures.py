@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..core.io import atomic_write_bytes
 
 
 def _to_hwc(image) -> np.ndarray:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CsgError
-from ..rundir import RunDir
+from ..core.errors import CsgError
+from ..runs.rundir import RunDir
 from .attacks import ATTACKS, Attack, build_attack, is_adversarial, perturbation_norms
 from .blackbox import BLACKBOX
 from .detector import BlockFeatures, detection_experiment

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 
 def random_targets(labels: torch.Tensor | np.ndarray, num_classes: int, seed: int = 0) -> torch.Tensor:

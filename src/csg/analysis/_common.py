@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 
 def as_labels(labels, num_classes: int | None = None) -> tuple[np.ndarray, int]:

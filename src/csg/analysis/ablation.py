@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from ._common import as_labels, check_pooled, class_means
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from ._common import as_labels, check_pooled
 
 

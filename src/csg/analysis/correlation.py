@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn as nn
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from ._common import as_labels, class_means
 
 # Float rounding leaves cos(w, w) a hair below 1; treat entries within this of s as >= s.
@@ -91,7 +91,7 @@ def feature_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     """The convolution producing the feature layer: the last ``nn.Conv2d`` inside the
     feature module (``layer3`` -> ``layer3.2.conv2``), else the last one registered before it.
 
-    ``model`` is a :class:`csg.model.GatedClassifier` (or any module with ``feature_layer``
+    ``model`` is a :class:`csg.core.model.GatedClassifier` (or any module with ``feature_layer``
     and ``backbone``).
     """
     backbone = getattr(model, "backbone", model)

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from ._common import as_labels, check_pooled, class_means, confusion_matrix, per_class_recall
 
 

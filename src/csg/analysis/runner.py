@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from ._common import as_labels, class_means
 from .ablation import ablation_drops, class_selectivity, selectivity_vs_drop
 from .clustering import cluster_centres
@@ -57,7 +57,7 @@ def parse_classes(text: str | Sequence[int] | None) -> list[int]:
 def run_analyses(run, *, classes: Sequence[int] | str | None = None, device="cpu", seed: int = 0,
                  threshold: float = 0.5, share: float = 0.1, m: int | None = None, model=None,
                  progress: bool = False) -> dict:
-    """Run the five analyses on ``run`` (a :class:`csg.rundir.RunDir`) and write their results.
+    """Run the five analyses on ``run`` (a :class:`csg.runs.rundir.RunDir`) and write their results.
 
     Args:
         classes: the class set S of the removal analysis (default 0 and 1).

@@ -1,4 +1,4 @@
-"""The registered CNN backbones, each a full classifier ready for :class:`csg.model.GatedClassifier`.
+"""The registered CNN backbones, each a full classifier ready for :class:`csg.core.model.GatedClassifier`.
 
 Every backbone maps images to logits through::
 
@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .alexnet import AlexNet, alexnet
 from .resnet import IMAGENET_LAYERS, BasicBlock, Bottleneck, ResNet, imagenet_resnet
 from .resnet_cifar import CIFAR_DEPTHS, CifarBasicBlock, CifarResNet, PadShortcut, cifar_resnet

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 COMMANDS = ("train", "evaluate", "analyze", "localize", "attack", "explain", "report", "compare", "prepare")
 

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import run_analyses
-    from ..rundir import RunDir
+    from ..runs.rundir import RunDir
     from ..training.trainer import resolve_device
 
     run_dir = RunDir(args.run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 
 def _names(text: str) -> list[str]:
@@ -75,7 +75,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..adversarial.run import attack_run
-    from ..rundir import RunDir
+    from ..runs.rundir import RunDir
 
     attacks = _names(args.attacks)
     blackbox = _names(args.blackbox)

@@ -17,8 +17,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rundir import RunDir
-    from ..training.evaluate import evaluate_run
+    from ..runs.rundir import RunDir
+    from ..runs.evaluate import evaluate_run
     from ..training.trainer import resolve_device
 
     run_dir = RunDir(args.run)

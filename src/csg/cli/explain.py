@@ -21,9 +21,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import CsgError
+    from ..core.errors import CsgError
     from ..explain import explain_run
-    from ..rundir import RunDir
+    from ..runs.rundir import RunDir
     from ..training.trainer import resolve_device
 
     if args.top < 1:

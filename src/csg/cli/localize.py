@@ -31,9 +31,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import CsgError
+    from ..core.errors import CsgError
     from ..localization.run import localize_run
-    from ..rundir import RunDir
+    from ..runs.rundir import RunDir
     from ..training.trainer import resolve_device
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..data.voc import prepare_voc
-    from ..errors import CsgError
+    from ..core.errors import CsgError
 
     if args.size < 8:
         raise CsgError(f"--size must be at least 8 pixels, got {args.size}")

@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..report import build_run_report
-    from ..rundir import RunDir
+    from ..runs.rundir import RunDir
 
     print(build_run_report(RunDir(args.run)))
     return 0

@@ -110,8 +110,8 @@ _NOT_CONFIG = {"func", "command", "resume", "config", "preset", "progress"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rundir import RunDir
-    from ..training.evaluate import evaluate_run
+    from ..runs.rundir import RunDir
+    from ..runs.evaluate import evaluate_run
     from ..training.trainer import train
 
     values = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}

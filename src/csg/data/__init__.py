@@ -14,7 +14,7 @@ import importlib
 import inspect
 from pathlib import Path
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .augment import Augment, AugmentDraw
 from .dataset import DATA_DIR_ENV, Batches, ImageDataset, channel_stats, resolve_data_dir
 

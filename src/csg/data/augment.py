@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 
 class AugmentDraw(NamedTuple):

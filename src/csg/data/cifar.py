@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .dataset import ImageDataset, check_labels, resolve_data_dir
 
 DEFAULT_DIR = "/usr/share/datasets"

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CsgError
-from ..io import atomic_write_with
+from ..core.errors import CsgError
+from ..core.io import atomic_write_with
 
 NAME = "fashion-mnist-clutter"
 CACHE_ENV = "CSG_CACHE_DIR"

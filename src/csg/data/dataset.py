@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 #: Environment variable naming the data folder when ``data_dir`` is not given.
 DATA_DIR_ENV = "CSG_DATA_DIR"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .dataset import ImageDataset, resolve_data_dir
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .dataset import channel_stats, resolve_data_dir, stratified_indices
 
 #: Images whose headers are read to decide colour mode and size before the whole list is probed.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .clutter import atomic_savez
 
 NAME = "voc-animals"

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from ..localization.maps import ActivMap, GradMap
 
 
@@ -177,7 +177,7 @@ def explain_run(run, images: Sequence[str | Path], top: int = 5, out_dir: str | 
                 device="cpu", sigma: float = 5.0) -> list[dict]:
     """``csg explain``: explain each image with the run's model; writes ``NAME.png`` and ``NAME.json`` per image
     into ``out_dir`` (default ``RUN/explain``). Returns the JSON records."""
-    from ..io import atomic_write_json
+    from ..core.io import atomic_write_json
 
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:  # before loading the model: a typo should fail at once

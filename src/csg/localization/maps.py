@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .regions import DatasetQuantile, FixedThreshold, ImageQuantile, RegionRule, gaussian_blur
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 BLUR_MODES = ("reflect", "mirror", "nearest", "constant", "wrap")
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .maps import METHODS, MapMethod, build_method
 from .scoring import FilterScores, ImageScores, iou
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 AP_LEVELS = (20, 30)
 

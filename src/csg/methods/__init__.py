@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .base import StepOutput, TrainingMethod
 from .csg import CSGMethod, FixedCSGMethod
 

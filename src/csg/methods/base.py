@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..model import GatedClassifier, ModelOutput
+from ..core.model import GatedClassifier, ModelOutput
 from ..training.config import TrainConfig
-from ..training.schedule import STD
+from .schedule import STD
 
 
 @dataclass

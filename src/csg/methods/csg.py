@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
-from ..gate import ClassSpecificGate, check_density
-from ..model import GatedClassifier
-from ..training.schedule import CSG, JOINT, STD, epoch_phase
+from ..core.gate import ClassSpecificGate, check_density
+from ..core.model import GatedClassifier
+from .schedule import CSG, JOINT, STD, epoch_phase
 from .base import StepOutput, TrainingMethod
 
 

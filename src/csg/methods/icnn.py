@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CsgError
-from ..hooks import resolve_module
-from ..model import GatedClassifier
+from ..core.errors import CsgError
+from ..core.hooks import resolve_module
+from ..core.model import GatedClassifier
 from .base import StepOutput, TrainingMethod
 
 ICNN = "icnn"

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..model import GatedClassifier
+from ..core.model import GatedClassifier
 from .base import StepOutput, TrainingMethod
 
 PICNN = "picnn"

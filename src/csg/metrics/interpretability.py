@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 __all__ = ["accuracy", "per_class_accuracy", "mis", "indicator_entropy", "mis_ceiling", "gap_closed",
            "l1_density", "l1_interval", "gate_mi_agreement"]

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from scipy.special import digamma
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 __all__ = ["mutual_information_matrix", "prepare_features"]
 

@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import CsgError
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..core.errors import CsgError
+from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..metrics import mis_ceiling
 from . import figures as F
 from . import html as H
@@ -75,7 +75,7 @@ def detection_spreads(data: dict | None) -> dict[str, float]:
 
 class _Run:
     def __init__(self, path: Path):
-        from ..rundir import RunDir
+        from ..runs.rundir import RunDir
 
         self.run = RunDir(path)
         self.path = Path(path)

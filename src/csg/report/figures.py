@@ -1,7 +1,7 @@
 """Shared plotting helpers: heatmaps, confusion matrices, curves (matplotlib, Agg).
 
 Every figure is titled and labelled so it reads on its own, saved as PNG at
-dpi 110 through :func:`csg.io.atomic_write_bytes`.
+dpi 110 through :func:`csg.core.io.atomic_write_bytes`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..core.io import atomic_write_bytes
 
 DPI = 110
 

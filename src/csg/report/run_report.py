@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_text, to_json
+from ..core.io import atomic_write_text, to_json
 from . import figures as F
 from . import html as H
 from .sections import adversarial_section, localization_section

@@ -17,8 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..errors import CsgError
-from ..io import atomic_write_bytes
+from ..core.errors import CsgError
+from ..core.io import atomic_write_bytes
 
 FORMAT = "csg-checkpoint-1"
 
@@ -117,8 +117,8 @@ def restore_checkpoint(path: str | Path, model: torch.nn.Module,
 def load_model_from_run(run, device: str = "cpu"):
     """Rebuild a run's model from ``config.json`` and load its checkpoint (eval mode)."""
     from ..methods import build_method
-    from ..model import build_model
-    from ..rundir import CHECKPOINT
+    from ..core.model import build_model
+    from ..runs.rundir import CHECKPOINT
     from .config import TrainConfig
 
     raw = run.config

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..errors import CsgError
+from ..core.errors import CsgError
 from .distributed import DistContext
 
 TIMEOUT_ENV = "CSG_DIST_TIMEOUT"

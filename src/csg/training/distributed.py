@@ -84,7 +84,7 @@ def capture_features_sharded(ctx: DistContext, model, dataset, *, batch_size: in
     """
     import numpy as np
 
-    from .evaluate import capture_features
+    from ..runs.evaluate import capture_features
 
     if not ctx.enabled:
         return capture_features(model, dataset, batch_size=batch_size, device=device)

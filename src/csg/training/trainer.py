@@ -20,13 +20,13 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import Augment, dataset_options, load_dataset
-from ..errors import CsgError
-from ..hooks import resolve_module
-from ..io import append_jsonl, atomic_write_bytes, read_jsonl
+from ..core.errors import CsgError
+from ..core.hooks import resolve_module
+from ..core.io import append_jsonl, atomic_write_bytes, read_jsonl
 from ..methods import build_method
-from ..model import GatedClassifier, build_model
-from ..rundir import CHECKPOINT, CONFIG, LOG, RunDir
-from ..training.schedule import STD, lr_factor
+from ..core.model import GatedClassifier, build_model
+from ..runs.rundir import CHECKPOINT, CONFIG, LOG, RunDir
+from ..methods.schedule import STD, lr_factor
 from .checkpoint import restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, init_distributed

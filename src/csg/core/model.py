@@ -143,7 +143,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, *, gate: ClassSpe
                 input_mean: Sequence[float] | None = None, input_std: Sequence[float] | None = None,
                 small_input: bool | None = None) -> GatedClassifier:
     """Build a registered backbone (see :mod:`csg.backbones`) wrapped as a :class:`GatedClassifier`."""
-    from .backbones import build_backbone
+    from ..backbones import build_backbone
 
     spec = build_backbone(arch, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
     return GatedClassifier(spec.module, spec.feature_layer, num_classes, head=spec.head, gate=gate,

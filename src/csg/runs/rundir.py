@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CsgError
-from .io import atomic_save_npy, atomic_save_npz, atomic_write_json, read_jsonl
+from ..core.errors import CsgError
+from ..core.io import atomic_save_npy, atomic_save_npz, atomic_write_json, read_jsonl
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -95,13 +95,13 @@ class RunDir:
 
     def load_model(self, device: str = "cpu"):
         """Rebuild the trained model from ``config.json`` and the checkpoint (eval mode)."""
-        from .training.checkpoint import load_model_from_run
+        from ..training.checkpoint import load_model_from_run
 
         return load_model_from_run(self, device=device)
 
     def load_dataset(self, split: str = "test", **overrides):
         """The dataset this run was trained on (``split`` = ``"train"`` or ``"test"``)."""
-        from .data import dataset_options, load_dataset
+        from ..data import dataset_options, load_dataset
 
         cfg = self.config
         kwargs = dict(data_dir=cfg.get("data_dir"))

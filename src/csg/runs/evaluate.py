@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..model import GatedClassifier
+from ..core.model import GatedClassifier
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: 
     from ..methods import build_method
     from ..metrics import (gate_mi_agreement, mis, mis_ceiling, mutual_information_matrix,
                            per_class_accuracy)
-    from .config import TrainConfig
+    from ..training.config import TrainConfig
 
     raw = run.config
     cfg = TrainConfig.from_dict(raw)
