@@ -38,7 +38,7 @@ def make_fake_run(path: Path, method: str = "csg", seed: int = 0, n_per_class: i
     model = build_model("resnet20", C, 1, input_mean=[0.3], input_std=[0.3])
     gated = method.startswith("csg")
     if gated:
-        build_method(cfg).attach(model)
+        build_method(cfg, 10).attach(model)
         g = torch.full((C, model.num_filters), 0.05)
         owner = torch.arange(model.num_filters) % C
         g[owner, torch.arange(model.num_filters)] = 1.0

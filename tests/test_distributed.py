@@ -17,7 +17,7 @@ import torch
 
 from csg.training.checkpoint import read_checkpoint
 from csg.training.config import resolve_config
-from csg.training.trainer import train
+from csg.runs.train import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
@@ -102,8 +102,8 @@ def test_only_rank_zero_writes_and_evaluation_covers_the_whole_test_split(two_ra
     features = np.load(out / "features.npz")
     assert features["pooled"].shape == (40, 64) and len(features["labels"]) == 40
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
-        ["config.json", "checkpoint.safetensors", "log.jsonl", "gate.npy", "features.npz", "mi_matrix.npy",
-         "metrics.json"])
+        [".lock", "config.json", "checkpoint.safetensors", "log.jsonl", "gate.npy", "features.npz",
+         "mi_matrix.npy", "metrics.json"])
     assert proc.stderr.count("epoch   2/2") == 1  # one epoch line, from rank 0
 
 

@@ -154,7 +154,7 @@ def test_a_tiny_model_trains_with_the_filter_loss_and_the_mask_is_applied():
     images, labels = bar_data()
     model = tiny_model()
     # the per-step mask (the hook is registered for the step and removed after it)
-    method = build_method(TrainConfig(method="icnn", icnn_weight=5.0, icnn_test_mask=False))
+    method = build_method(TrainConfig(method="icnn", icnn_weight=5.0, icnn_test_mask=False), 4)
     assert isinstance(method, ICNNMethod)
     method.attach(model)
     assert model.icnn.class_activation.shape == (4, 12)
@@ -188,7 +188,7 @@ def test_a_tiny_model_trains_with_the_filter_loss_and_the_mask_is_applied():
 def test_an_earlier_layer_and_the_checkpointed_assignment():
     images, labels = bar_data()
     model = tiny_model()
-    method = build_method(TrainConfig(method="icnn", icnn_layer="1"))
+    method = build_method(TrainConfig(method="icnn", icnn_layer="1"), 4)
     method.attach(model)
     assert model.icnn.class_activation.shape == (4, 8)   # inferred from the conv before the ReLU
     out = method.step(model, images, labels, "icnn")
@@ -206,7 +206,7 @@ def test_the_default_test_time_mask_stays_in_the_network():
     model = tiny_model()
     cfg = TrainConfig(method="icnn")
     assert cfg.icnn_test_mask          # the default: the mask stays at test time (Zhang et al.'s network)
-    method = build_method(cfg)
+    method = build_method(cfg, 4)
     method.attach(model)
     method.attach(model)               # attaching twice registers one hook
     assert len(model.backbone[3]._forward_hooks) == 1

@@ -93,7 +93,7 @@ def train_steps(seed, steps=20, lr=3e-2):
     images, labels = bar_data()
     model = tiny_model(seed=0)
     cfg = TrainConfig(method="picnn", seed=seed, picnn_v_optimizer="own")
-    method = build_method(cfg)
+    method = build_method(cfg, 4)
     method.attach(model)
     extra = method.extra_parameters(model)
     extra_ids = {id(p) for p in extra}
@@ -192,7 +192,7 @@ def test_cli_trains_a_picnn_run_end_to_end(tiny_idx_dir, tmp_path):
 def test_v_is_trained_with_the_weights_by_default_and_can_move():
     """The authors train V with the weights (one optimiser): in 20 SGD steps at lr 0.1 an entry of V
     moves further than a separate Adam at lr 1e-3 ever could (at most about 1e-3 per step)."""
-    from csg.training.trainer import build_optimizers
+    from csg.training.optim import build_optimizers
 
     images, labels = bar_data()
     steps = 20
@@ -200,7 +200,7 @@ def test_v_is_trained_with_the_weights_by_default_and_can_move():
     for choice in ("model", "own"):
         model = tiny_model(seed=0)
         cfg = TrainConfig(method="picnn", seed=0, lr=0.1, picnn_v_optimizer=choice)
-        method = build_method(cfg)
+        method = build_method(cfg, 4)
         method.attach(model)
         optimizers = build_optimizers(cfg, model, method)
         v_in_model = any(p is model.picnn.weight for g in optimizers["model"].param_groups for p in g["params"])

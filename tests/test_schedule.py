@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from csg.methods.schedule import CSG, JOINT, STD, epoch_phase, lr_factor
+from csg.methods.schedule import CSG, JOINT, STD, epoch_phase
+from csg.training.optim import lr_factor
 
 
 def phases(n, **kw):

@@ -16,7 +16,8 @@ from csg.core.errors import CsgError
 from csg.runs.rundir import RunDir
 from csg.training.checkpoint import read_checkpoint
 from csg.training.config import resolve_config
-from csg.training.trainer import Trainer, train
+from csg.runs.train import train
+from csg.training.trainer import Trainer
 
 BASE = ["--data", "fashion-mnist", "--arch", "resnet20", "--batch-size", "32", "--no-progress", "--seed", "0"]
 
@@ -61,7 +62,8 @@ def test_default_gate_settings_converge_into_the_interval():
     class k mod C, plus noise."""
     from csg.core.gate import ClassSpecificGate
     from csg.methods import build_method
-    from csg.methods.schedule import CSG, lr_factor
+    from csg.methods.schedule import CSG
+    from csg.training.optim import lr_factor
 
     torch.manual_seed(0)
     cfg = resolve_config({"method": "csg"})
@@ -79,8 +81,7 @@ def test_default_gate_settings_converge_into_the_interval():
             return types.SimpleNamespace(csg_logits=self.head(x * self.gate.weight[y]), logits=self.head(x))
 
     model = FeatureModel()
-    method = build_method(cfg)
-    method._rho = method.rho(C)
+    method = build_method(cfg, C)
     gate_opt = torch.optim.Adam([model.gate.weight], lr=cfg.gate_lr)
     head_opt = torch.optim.SGD(model.head.parameters(), lr=0.05, momentum=0.9)
 
@@ -96,7 +97,7 @@ def test_default_gate_settings_converge_into_the_interval():
             gate_opt.step(), head_opt.step()
             method.after_step(model, CSG)
     density = model.gate.l1_density()
-    assert 1 / C - 1e-6 <= density <= method.rho(C) + 0.02
+    assert 1 / C - 1e-6 <= density <= method.rho + 0.02
     # and the gate found the structure: each filter's class is the one it responds to
     assert (model.gate.weight.argmax(0) == torch.arange(K) % C).float().mean() >= 0.9
 

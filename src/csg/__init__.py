@@ -12,8 +12,8 @@ from .runs.rundir import RunDir
 # The rest of the public API, imported on first use so `import csg` stays light
 # (metrics pull SciPy, reports matplotlib).
 _LAZY = {
-    "TrainConfig": "csg.training.config", "resolve_config": "csg.training.config", "train": "csg.training.trainer",
-    "evaluate_run": "csg.runs.evaluate", "load_model_from_run": "csg.training.checkpoint",
+    "TrainConfig": "csg.training.config", "resolve_config": "csg.training.config", "train": "csg.runs.train",
+    "evaluate_run": "csg.runs.evaluate", "csg_loss": "csg.methods.csg", "picnn_loss": "csg.methods.picnn", "load_model_from_run": "csg.runs.rebuild",
     "load_dataset": "csg.data", "dataset_options": "csg.data", "SpeedPolicy": "csg.training.speed",
     "mutual_information_matrix": "csg.metrics", "mis": "csg.metrics", "mis_ceiling": "csg.metrics",
     "gap_closed": "csg.metrics", "l1_density": "csg.metrics", "gate_mi_agreement": "csg.metrics",

@@ -156,7 +156,7 @@ def _first_correct(model, images: torch.Tensor, labels: torch.Tensor, order: np.
 
 
 def _parse_device(device: str) -> torch.device:
-    from ..training.trainer import resolve_device
+    from ..core.device import resolve_device
 
     return resolve_device(device)
 

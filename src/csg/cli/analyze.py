@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import run_analyses
     from ..runs.rundir import RunDir
-    from ..training.trainer import resolve_device
+    from ..core.device import resolve_device
 
     run_dir = RunDir(args.run)
     result = run_analyses(run_dir, classes=args.classes, device=resolve_device(args.device), seed=args.seed,

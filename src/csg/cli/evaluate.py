@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..runs.rundir import RunDir
     from ..runs.evaluate import evaluate_run
-    from ..training.trainer import resolve_device
+    from ..core.device import resolve_device
 
     run_dir = RunDir(args.run)
     metrics = evaluate_run(run_dir, device=resolve_device(args.device), batch_size=args.batch_size,

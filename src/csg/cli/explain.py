@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import CsgError
     from ..explain import explain_run
     from ..runs.rundir import RunDir
-    from ..training.trainer import resolve_device
+    from ..core.device import resolve_device
 
     if args.top < 1:
         raise CsgError(f"--top must be at least 1, got {args.top}")

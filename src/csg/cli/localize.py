@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import CsgError
     from ..localization.run import localize_run
     from ..runs.rundir import RunDir
-    from ..training.trainer import resolve_device
+    from ..core.device import resolve_device
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:

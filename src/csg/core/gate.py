@@ -104,6 +104,9 @@ class ClassSpecificGate(nn.Module):
             raise CsgError(f"a gate needs at least 2 classes and 1 filter, got C={num_classes}, K={num_filters}")
         self.num_classes = int(num_classes)
         self.num_filters = int(num_filters)
+        # a fixed gate is never trained; a learnable one may still have requires_grad off in a phase
+        # that does not use it (a STD epoch), so "fixed" is recorded, not read from requires_grad
+        self._fixed = fixed is not None
         if fixed is not None:
             if tuple(fixed.shape) != (num_classes, num_filters):
                 raise CsgError(f"fixed gate has shape {tuple(fixed.shape)}, expected ({num_classes}, {num_filters})")
@@ -115,7 +118,7 @@ class ClassSpecificGate(nn.Module):
 
     @property
     def is_fixed(self) -> bool:
-        return not self.weight.requires_grad
+        return self._fixed
 
     @classmethod
     def fixed(cls, num_classes: int, num_filters: int, m1: int | None = None, m2: int | None = None):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import CsgError
+
 
 def _fsync_dir(folder: Path) -> None:
     try:
@@ -101,6 +103,19 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def read_json(path: str | os.PathLike, *, fix: str = "re-run the command that writes it") -> Any:
+    """A JSON file's content; a missing or invalid file is one :class:`CsgError` line naming it and ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CsgError(f"{path} is missing; {fix}") from None
+    except UnicodeDecodeError:
+        raise CsgError(f"{path} is not a text file; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise CsgError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -148,3 +148,16 @@ def build_model(arch: str, num_classes: int, in_channels: int, *, gate: ClassSpe
     spec = build_backbone(arch, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
     return GatedClassifier(spec.module, spec.feature_layer, num_classes, head=spec.head, gate=gate,
                            input_mean=input_mean, input_std=input_std)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` (``.module``) and/or ``torch.compile``
+    (``._orig_mod``) wrapper, however they are nested; any other module is returned as it is."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel) or (
+                type(model).__name__ in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module")):
+            model = model.module
+        else:
+            return model

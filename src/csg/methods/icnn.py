@@ -28,6 +28,7 @@ filter in that batch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,8 +37,9 @@ import torch.nn.functional as F
 
 from ..core.errors import CsgError
 from ..core.hooks import resolve_module
-from ..core.model import GatedClassifier
-from .base import StepOutput, TrainingMethod
+from ..core.inference import eval_batches
+from ..core.model import GatedClassifier, unwrap
+from .base import MethodConfig, StepOutput, TrainingMethod
 
 ICNN = "icnn"
 # Stand-in for log(0): finite, so that masked entries never produce inf - inf = nan
@@ -234,6 +236,16 @@ def _infer_channels(backbone: nn.Module, name: str) -> int | None:
     return found
 
 
+@dataclass(frozen=True)
+class ICNNConfig(MethodConfig):
+    """ICNN's options: the layer (None: the feature layer), the filter-loss weight, beta, the test-time mask."""
+
+    icnn_layer: str | None = None
+    icnn_weight: float = 1.0
+    icnn_beta: float = 4.0
+    icnn_test_mask: bool = True
+
+
 class ICNNMethod(TrainingMethod):
     """CE on the STD path plus ``icnn_weight`` times the mean ICNN filter loss of one layer.
 
@@ -252,17 +264,18 @@ class ICNNMethod(TrainingMethod):
     """
 
     name = "icnn"
+    Config = ICNNConfig
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, config: ICNNConfig | None = None):
+        super().__init__(config)
         self._persistent: ICNNMaskHook | None = None
 
     @property
     def test_mask(self) -> bool:
-        return bool(getattr(self.cfg, "icnn_test_mask", False))
+        return bool(self.config.icnn_test_mask)
 
     def layer_name(self, model: GatedClassifier) -> str:
-        return self.cfg.icnn_layer if self.cfg.icnn_layer is not None else model.feature_layer
+        return self.config.icnn_layer if self.config.icnn_layer is not None else model.feature_layer
 
     def _layer(self, model: GatedClassifier) -> nn.Module:
         name = self.layer_name(model)
@@ -279,14 +292,14 @@ class ICNNMethod(TrainingMethod):
             model.icnn = ICNNState(model.num_classes, channels)
             model.icnn.to(model.input_mean.device)
         if self.test_mask and self._persistent is None:
-            self._persistent = ICNNMaskHook(self.cfg.icnn_beta).register(layer)
+            self._persistent = ICNNMaskHook(self.config.icnn_beta).register(layer)
 
     def phase(self, epoch: int) -> str:
         return ICNN
 
     def step(self, model, images, labels, phase):
-        inner = _unwrap(model)
-        beta = self.cfg.icnn_beta
+        inner = unwrap(model)
+        beta = self.config.icnn_beta
         hook = self._persistent or ICNNMaskHook(beta).register(self._layer(inner))
         hook.captured = {}
         try:
@@ -306,46 +319,42 @@ class ICNNMethod(TrainingMethod):
         mi = icnn_filter_mi(x, labels, state.filter_classes(), beta=beta)
         filter_loss = -mi.mean()
         ce = F.cross_entropy(out.logits, labels)
-        loss = ce + self.cfg.icnn_weight * filter_loss
+        loss = ce + self.config.icnn_weight * filter_loss
         return StepOutput(loss=loss, terms={"ce_std": ce.detach(), "icnn_loss": filter_loss.detach()},
                           logits=out.logits)
 
     def epoch_summary(self, model):
-        state: ICNNState = _unwrap(model).icnn
+        state: ICNNState = unwrap(model).icnn
         return {"icnn_classes_used": int(state.filter_classes().unique().numel())}
 
     def assignment_matrix(self, model) -> np.ndarray:
         """One-hot ``C x K``: entry ``[c, k] = 1`` when filter k is assigned to category c."""
-        model = _unwrap(model)
+        model = unwrap(model)
         classes = model.icnn.filter_classes().cpu()
         onehot = F.one_hot(classes, model.num_classes).T
         return onehot.numpy().astype(np.float32)
 
     def gate_matrix(self, model):
-        model = _unwrap(model)
+        model = unwrap(model)
         if self.layer_name(model) != model.feature_layer or model.icnn.num_filters != model.num_filters:
             return None
         return self.assignment_matrix(model)
 
-    @torch.no_grad()
     def evaluation_metrics(self, model, dataset, *, batch_size, device):
-        model = _unwrap(model)
-        was_training = model.training
-        model.eval()
+        model = unwrap(model)
         correct = torch.zeros((), dtype=torch.long, device=device)
         total = 0
-        hook = None if self.test_mask else ICNNMaskHook(self.cfg.icnn_beta).register(self._layer(model))
+        hook = None if self.test_mask else ICNNMaskHook(self.config.icnn_beta).register(self._layer(model))
         try:
-            for images, labels in dataset.batches(batch_size, shuffle=False, device=device):
+            for images, labels in eval_batches(model, dataset, batch_size=batch_size, device=device):
                 correct += (model(images).logits.argmax(1) == labels).sum()
                 total += labels.shape[0]
         finally:
-            model.train(was_training)
             if hook is not None:
                 hook.remove()
         counts = torch.bincount(model.icnn.filter_classes().cpu(), minlength=model.num_classes)
-        return {"icnn_layer": self.layer_name(model), "icnn_beta": self.cfg.icnn_beta,
-                "icnn_weight": self.cfg.icnn_weight, "icnn_test_mask": self.test_mask,
+        return {"icnn_layer": self.layer_name(model), "icnn_beta": self.config.icnn_beta,
+                "icnn_weight": self.config.icnn_weight, "icnn_test_mask": self.test_mask,
                 "icnn_masked_accuracy": float(correct) / max(total, 1),
                 "icnn_filters_per_class": counts.tolist()}
 
@@ -395,7 +404,3 @@ class icnn_masking:
 
     def __exit__(self, *exc) -> None:
         self.hook.remove()
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)

@@ -19,13 +19,16 @@ generator seeded with the run's seed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.model import GatedClassifier
-from .base import StepOutput, TrainingMethod
+from ..core.inference import eval_batches
+from ..core.model import GatedClassifier, unwrap
+from .base import MethodConfig, StepOutput, TrainingMethod
 
 PICNN = "picnn"
 
@@ -99,6 +102,23 @@ def picnn_interpretation_loss(z2: torch.Tensor, labels: torch.Tensor, yhat: torc
     return (per_sample * keep).sum() / keep.sum().clamp(min=1.0)
 
 
+@dataclass(frozen=True)
+class PICNNConfig(MethodConfig):
+    """PICNN's options: lambda (``picnn_weight``), who trains V, and the seed of evaluation draws."""
+
+    picnn_weight: float = 2.0
+    picnn_v_optimizer: str = "model"
+    seed: int = 0
+
+
+def picnn_loss(logits: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, yhat: torch.Tensor, *,
+               weight: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``CE(z1, y) + weight * mean_{i: yhat_i = y_i} CE(z2_i, y_i)`` and its named terms."""
+    ce = F.cross_entropy(logits, labels)
+    interp = picnn_interpretation_loss(z2, labels, yhat)
+    return ce + weight * interp, {"ce_std": ce.detach(), "ce_interp": interp.detach()}
+
+
 class PICNNMethod(TrainingMethod):
     """``CE(z1, y) + picnn_weight * CE(z2, y)`` over the samples whose drawn class is right.
 
@@ -112,6 +132,7 @@ class PICNNMethod(TrainingMethod):
     """
 
     name = "picnn"
+    Config = PICNNConfig
 
     def attach(self, model: GatedClassifier) -> None:
         if getattr(model, "picnn", None) is None:
@@ -119,68 +140,67 @@ class PICNNMethod(TrainingMethod):
             model.picnn.to(model.input_mean.device)
 
     def extra_parameters(self, model):
-        if getattr(self.cfg, "picnn_v_optimizer", "model") == "model":
+        if self.config.picnn_v_optimizer == "model":
             return []  # V is one more weight of the model optimiser
-        return [_unwrap(model).picnn.weight]
+        return [unwrap(model).picnn.weight]
+
+    def parameters_outside_forward(self, model):
+        return [unwrap(model).picnn.weight]
+
+    @staticmethod
+    def filter_assignment(gate, threshold: float = 0.5):
+        """Each filter belongs to the class of its column's largest Q (Q's columns are softmaxes, whose
+        maximum is often below 0.5, so a threshold would assign no filter)."""
+        Q = np.asarray(gate, dtype=np.float64)
+        out = np.zeros(Q.shape, dtype=bool)
+        out[Q.argmax(axis=0), np.arange(Q.shape[1])] = True
+        return out
 
     def phase(self, epoch: int) -> str:
         return PICNN
 
     def step(self, model, images, labels, phase):
-        inner = _unwrap(model)
+        inner = unwrap(model)
         out = model(images)
         z2, yhat = picnn_forward(out.pooled, out.logits, inner.head, inner.picnn.probabilities())
-        ce = F.cross_entropy(out.logits, labels)
-        interp = picnn_interpretation_loss(z2, labels, yhat)
-        loss = ce + self.cfg.picnn_weight * interp
+        loss, terms = picnn_loss(out.logits, z2, labels, yhat, weight=self.config.picnn_weight)
         with torch.no_grad():
             right = (yhat == labels).float().mean()
             interp_acc = (z2.argmax(1) == labels).float().mean()
-        return StepOutput(loss=loss, terms={"ce_std": ce.detach(), "ce_interp": interp.detach(),
-                                            "drawn_right": right, "interp_accuracy": interp_acc},
+        return StepOutput(loss=loss, terms={**terms, "drawn_right": right, "interp_accuracy": interp_acc},
                           logits=out.logits)
 
     def epoch_summary(self, model):
-        Q = _unwrap(model).picnn.probabilities().detach()
+        Q = unwrap(model).picnn.probabilities().detach()
         return {"q_max_mean": float(Q.max(dim=0).values.mean())}
 
     def gate_matrix(self, model):
-        return _unwrap(model).picnn.probabilities().detach().cpu().numpy().astype(np.float32)
+        return unwrap(model).picnn.probabilities().detach().cpu().numpy().astype(np.float32)
 
-    @torch.no_grad()
     def evaluation_metrics(self, model, dataset, *, batch_size, device):
         """``interpretation_accuracy`` (z2 with yhat and m drawn as in training) and
         ``accuracy_true_class_filters_removed`` (z on ``pool(F) * (1 - m)``, ``m ~ Bernoulli(Q[y])``),
         one pass over ``dataset`` in eval mode, draws from a generator seeded with the run's seed."""
-        model = _unwrap(model)
+        model = unwrap(model)
         device = torch.device(device)
-        generator = torch.Generator(device=device).manual_seed(int(self.cfg.seed))
-        was_training = model.training
-        model.eval()
-        Q = model.picnn.probabilities()
+        generator = torch.Generator(device=device).manual_seed(int(self.config.seed))
+        Q = model.picnn.probabilities().detach()
         head = model.head
         correct_interp = torch.zeros((), dtype=torch.long, device=device)
         correct_removed = torch.zeros((), dtype=torch.long, device=device)
         total = 0
-        try:
-            for images, labels in dataset.batches(batch_size, shuffle=False, device=device):
-                out = model(images)
-                z2, _ = picnn_forward(out.pooled, out.logits, head, Q, generator=generator)
-                correct_interp += (z2.argmax(1) == labels).sum()
-                removed = torch.bernoulli(Q[labels].float(), generator=generator).to(out.pooled.dtype)
-                z3 = head(out.pooled * (1.0 - removed))
-                correct_removed += (z3.argmax(1) == labels).sum()
-                total += labels.shape[0]
-        finally:
-            model.train(was_training)
+        for images, labels in eval_batches(model, dataset, batch_size=batch_size, device=device):
+            out = model(images)
+            z2, _ = picnn_forward(out.pooled, out.logits, head, Q, generator=generator)
+            correct_interp += (z2.argmax(1) == labels).sum()
+            removed = torch.bernoulli(Q[labels].float(), generator=generator).to(out.pooled.dtype)
+            z3 = head(out.pooled * (1.0 - removed))
+            correct_removed += (z3.argmax(1) == labels).sum()
+            total += labels.shape[0]
         n = max(total, 1)
         return {"interpretation_accuracy": float(correct_interp) / n,
                 "accuracy_true_class_filters_removed": float(correct_removed) / n,
-                "picnn_weight": self.cfg.picnn_weight,
+                "picnn_weight": self.config.picnn_weight,
                 "q_max_mean": float(Q.max(dim=0).values.mean()),
                 "picnn_filters_per_class": torch.bincount(Q.argmax(dim=0).cpu(),
                                                           minlength=model.num_classes).tolist()}
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)

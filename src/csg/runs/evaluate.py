@@ -2,46 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
+from ..core.inference import capture_features
 from ..core.model import GatedClassifier
-
-
-@torch.no_grad()
-def capture_features(model: GatedClassifier, dataset, *, batch_size: int = 512, device="cpu",
-                     progress: bool = False, desc: str = "evaluate") -> dict[str, np.ndarray]:
-    """Run the STD path over ``dataset`` and keep pooled features, logits and predictions.
-
-    Returns numpy arrays: ``pooled`` (N x K, the feature layer after its ReLU
-    averaged over space), ``logits`` (N x C), ``labels``, ``predictions`` and, for
-    gated models, ``csg_predictions`` (the CSG path told the true label).
-    """
-    was_training = model.training
-    model.eval()
-    pooled, logits, labels, csg_pred = [], [], [], []
-    batches = dataset.batches(batch_size, shuffle=False, device=device)
-    n_batches = (len(dataset) + batch_size - 1) // batch_size
-    try:
-        for images, y in tqdm(batches, total=n_batches, desc=desc, leave=False, disable=not progress):
-            out = model(images, y if model.gate is not None else None)
-            pooled.append(out.pooled.float())
-            logits.append(out.logits.float())
-            labels.append(y)
-            if out.csg_logits is not None:
-                csg_pred.append(out.csg_logits.argmax(1))
-    finally:
-        model.train(was_training)
-    logits_t = torch.cat(logits)
-    result = {
-        "pooled": torch.cat(pooled).cpu().numpy(),
-        "logits": logits_t.cpu().numpy(),
-        "labels": torch.cat(labels).cpu().numpy().astype(np.int64),
-        "predictions": logits_t.argmax(1).cpu().numpy().astype(np.int64),
-    }
-    if csg_pred:
-        result["csg_predictions"] = torch.cat(csg_pred).cpu().numpy().astype(np.int64)
-    return result
 
 
 def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: bool | None = None,
@@ -84,7 +47,7 @@ def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: 
         "mis": float(mis(mi)),
         "mis_ceiling": float(mis_ceiling(labels=labels, num_classes=C)),
     }
-    method = build_method(cfg)
+    method = build_method(cfg, C)
     gate = method.gate_matrix(model)
     if gate is not None:
         run.write_npy("gate.npy", gate)

@@ -1,37 +1,15 @@
-"""The run directory: the unit every command reads and writes.
-
-Layout::
-
-    RUN/config.json        resolved configuration, with package versions
-    RUN/checkpoint.safetensors   weights, gate, optimiser and RNG state (no pickle)
-    RUN/log.jsonl          one JSON object per epoch
-    RUN/metrics.json       accuracy, MIS, L1-density, ... (merged by each command)
-    RUN/gate.npy           C x K gate (gated runs)
-    RUN/features.npz       pooled, labels, predictions, logits of the test split
-    RUN/mi_matrix.npy      K x C mutual information
-    RUN/<analysis>.json    one per analysis, with a "figures" list
-    RUN/figures/*.png      every figure, readable on its own
-    RUN/report/index.html  the report
-"""
+"""The run directory: the unit every command reads and writes (file names: :mod:`csg.core.run_files`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import CsgError
-from ..core.io import atomic_save_npy, atomic_save_npz, atomic_write_json, read_jsonl
-
-CONFIG = "config.json"
-CHECKPOINT = "checkpoint.safetensors"
-LOG = "log.jsonl"
-METRICS = "metrics.json"
-GATE = "gate.npy"
-FEATURES = "features.npz"
-MI_MATRIX = "mi_matrix.npy"
-FIGURES = "figures"
+from ..core.io import atomic_save_npy, atomic_save_npz, atomic_write_json, read_json, read_jsonl
+from ..core.lock import RunLock
+from ..core.run_files import CHECKPOINT, CONFIG, FEATURES, FIGURES, GATE, LOG, METRICS, MI_MATRIX
 
 
 class RunDir:
@@ -46,6 +24,10 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
     # ---- reading -------------------------------------------------------
     def file(self, name: str) -> Path:
         return self.path / name
@@ -54,14 +36,7 @@ class RunDir:
         return (self.path / name).exists()
 
     def read_json(self, name: str) -> dict[str, Any]:
-        path = self.path / name
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CsgError(f"{path} is missing") from None
-        except json.JSONDecodeError as exc:
-            raise CsgError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
-                           "re-run the command that writes it") from None
+        return read_json(self.path / name)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -95,7 +70,7 @@ class RunDir:
 
     def load_model(self, device: str = "cpu"):
         """Rebuild the trained model from ``config.json`` and the checkpoint (eval mode)."""
-        from ..training.checkpoint import load_model_from_run
+        from .rebuild import load_model_from_run
 
         return load_model_from_run(self, device=device)
 
@@ -124,6 +99,10 @@ class RunDir:
 
     def write_npz(self, name: str, **arrays: np.ndarray) -> Path:
         return atomic_save_npz(self.path / name, **arrays)
+
+    def lock(self, what: str = "writing") -> RunLock:
+        """``with run.lock(): ...``: refuse a second writer while this process writes the run."""
+        return RunLock(self.path, what=what)
 
     def update_metrics(self, values: dict[str, Any]) -> dict[str, Any]:
         """Merge ``values`` into ``metrics.json`` (atomically) and return the result."""

@@ -112,21 +112,3 @@ def restore_checkpoint(path: str | Path, model: torch.nn.Module,
         if "rng/cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng/cuda"])
     return header["meta"]
-
-
-def load_model_from_run(run, device: str = "cpu"):
-    """Rebuild a run's model from ``config.json`` and load its checkpoint (eval mode)."""
-    from ..methods import build_method
-    from ..core.model import build_model
-    from ..runs.rundir import CHECKPOINT
-    from .config import TrainConfig
-
-    raw = run.config
-    cfg = TrainConfig.from_dict(raw)
-    model = build_model(cfg.arch, raw["num_classes"], raw["in_channels"], input_mean=raw["input_mean"],
-                        input_std=raw["input_std"], small_input=cfg.small_input)
-    method = build_method(cfg)
-    method.attach(model)
-    restore_checkpoint(run.file(CHECKPOINT), model, restore_rng=False)
-    model.to(device).eval()
-    return model

@@ -1,17 +1,26 @@
 """The single training loop that serves every method.
 
-Per epoch: pick the phase (STD / CSG / joint), set the learning rates, run the
-batches (seeded per epoch so an epoch can be replayed exactly), step the
-optimisers, let the method project its gate, evaluate, append one JSON line to
-``log.jsonl`` and write the checkpoint atomically. ``resume`` continues from the
-last checkpoint and ends at bit-identical weights to an uninterrupted run.
+Per epoch: pick the phase (STD / CSG / joint), set the learning rates and what
+the phase trains, run the batches (seeded per epoch so an epoch can be replayed
+exactly), step the optimisers, let the method project its gate, evaluate,
+append one JSON line to ``log.jsonl`` and write the checkpoint atomically.
+``resume`` continues from the last checkpoint and ends at bit-identical weights
+to an uninterrupted run; a run killed before its first checkpoint starts again
+from the beginning (the same seeds give the same run).
+
+The loop writes its output folder through :mod:`csg.core.io` with the names of
+:mod:`csg.core.run_files`; the run directory as an object (:class:`csg.RunDir`)
+belongs to the layer above (:func:`csg.train` returns one).
 """
 from __future__ import annotations
 
+import errno
+import json
 import math
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,36 +28,25 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import Augment, dataset_options, load_dataset
+from ..core.device import resolve_device
 from ..core.errors import CsgError
 from ..core.hooks import resolve_module
-from ..core.io import append_jsonl, atomic_write_bytes, read_jsonl
-from ..methods import build_method
+from ..core.io import append_jsonl, atomic_save_npy, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
+from ..core.lock import RunLock
 from ..core.model import GatedClassifier, build_model
-from ..runs.rundir import CHECKPOINT, CONFIG, LOG, RunDir
-from ..methods.schedule import STD, lr_factor
+from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG
+from ..data import Augment, dataset_options, load_dataset
+from ..methods import build_method
+from ..methods.schedule import STD
 from .checkpoint import restore_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import DistContext, init_distributed
+from .distributed import DistContext, capture_features_sharded, init_distributed
+from .optim import build_optimizers, set_epoch_lrs
 from .speed import SpeedPolicy
 
 # Config keys that may change on --resume without changing the result's meaning.
 _RESUMABLE_CHANGES = {"device", "threads", "out", "evaluate", "eval_every", "checkpoint_every", "epochs",
-                      "eval_batch_size", "channels_last", "amp", "compile", "workers"}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CsgError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CsgError(f"--device {name} asked for, but no CUDA GPU is available; use --device cpu")
-    return device
+                      "eval_batch_size", "channels_last", "amp", "compile", "workers", "tensorboard"}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -77,37 +75,58 @@ def set_trainable(model: GatedClassifier, below: str | None) -> None:
         p.requires_grad_(False)
 
 
-def build_optimizers(cfg: TrainConfig, model: GatedClassifier, method) -> dict[str, torch.optim.Optimizer]:
-    """``{"model": ...}`` over every trainable parameter, plus ``"gate"`` over the method's
-    ``extra_parameters`` (the CSG gate, PICNN's V with ``picnn_v_optimizer = "own"``) at ``--gate-lr``."""
-    extra = method.extra_parameters(model)
-    extra_ids = {id(p) for p in extra}
-    main = [p for p in model.parameters() if id(p) not in extra_ids and p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    optimizers = {"model": opt}
-    if extra:
-        if cfg.gate_optimizer == "sgd":
-            optimizers["gate"] = torch.optim.SGD(extra, lr=cfg.gate_lr, momentum=cfg.momentum)
+def unreachable_parameters(model: GatedClassifier, images: torch.Tensor, labels: torch.Tensor,
+                           used_elsewhere=()) -> list[torch.nn.Parameter]:
+    """Parameters no output of ``model(images, labels)`` depends on (e.g. layers after the feature
+    layer that are not the head), found by one gradient pass in eval mode (no state changes)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    outside = {id(p) for p in used_elsewhere}
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(images, labels if model.gate is not None else None)
+        total = out.logits.sum() + out.maps.sum() + (out.csg_logits.sum() if out.csg_logits is not None else 0)
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+    finally:
+        model.train(was_training)
+    return [p for p, g in zip(params, grads) if g is None and id(p) not in outside]
+
+
+def _no_space(exc: OSError) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class EpochSums:
+    """Running sums of an epoch's scalars, kept on the device (no host synchronisation per step)."""
+
+    def __init__(self, device, start: dict[str, float] | None = None):
+        self.device = device
+        self.sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in (start or {}).items()}
+
+    def add(self, key: str, value) -> None:
+        if torch.is_tensor(value):
+            value = value.detach().to(self.device, torch.float64)
         else:
-            optimizers["gate"] = torch.optim.Adam(extra, lr=cfg.gate_lr)
-    for o in optimizers.values():
-        for g in o.param_groups:
-            g["initial_lr"] = g["lr"]
-    return optimizers
+            value = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def get(self, key: str, default: float = 0.0) -> float:
+        return float(self.sums[key]) if key in self.sums else default
+
+    def reduced(self, dist: DistContext) -> dict[str, float]:
+        """The sums over all ranks (every rank calls it, in the same key order)."""
+        return {k: float(dist.all_reduce_sum(v)) for k, v in sorted(self.sums.items())}
 
 
 class Trainer:
-    """Train ``cfg.method`` on ``cfg.data`` into the run directory ``cfg.out``."""
+    """Train ``cfg.method`` on ``cfg.data`` into the output folder ``cfg.out``."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
                  model: GatedClassifier | None = None, train_set=None, test_set=None):
         if cfg.out is None:
             raise CsgError("--out RUN is required: the run directory to write")
         self.cfg = cfg
-        self.resume = resume
+        self.out = Path(cfg.out)
         self.progress = progress
         self.dist: DistContext = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device) if not self.dist.enabled else self.dist.device
@@ -119,8 +138,18 @@ class Trainer:
         self.speed = SpeedPolicy.choose(self.device, amp=cfg.amp, channels_last=cfg.channels_last,
                                         compile=cfg.compile, threads=cfg.threads)
         self.speed.apply_threads()
-        self.run = RunDir(cfg.out, must_exist=False)
-        self._check_resume()
+        self.lock = RunLock(self.out, what="training") if self.dist.is_main else None
+        if self.lock is not None:
+            self.lock.__enter__()
+        try:
+            self.resume = self._check_resume(resume)
+            self._setup(model, train_set, test_set)
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self, model, train_set, test_set) -> None:
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % (2**32))
         options = dataset_options(cfg.data, image_size=cfg.resize, workers=cfg.workers) \
@@ -130,7 +159,7 @@ class Trainer:
         self.test_set = test_set if test_set is not None else load_dataset(
             cfg.data, "test", data_dir=cfg.data_dir, subset=cfg.test_subset, seed=cfg.seed, **options)
         self._check_data()
-        self.method = build_method(cfg)
+        self.method = build_method(cfg, self.train_set.num_classes)
         if model is None:
             model = build_model(cfg.arch, self.train_set.num_classes, self.train_set.in_channels,
                                 input_mean=self.train_set.mean, input_std=self.train_set.std,
@@ -142,29 +171,48 @@ class Trainer:
         self.method.attach(self.model)
         self.model.to(self.device)
         self.augment = Augment(crop_padding=cfg.crop_padding, hflip=cfg.hflip)
-        self.optimizers = self._build_optimizers()
+        self.optimizers = build_optimizers(cfg, self.model, self.method)
         # memory format in place (same parameters); with --compile the forward runs the compiled module
-        forward_model = self.speed.prepare_model(self.model)
-        self.ddp_model = self.dist.wrap(forward_model)
+        self.forward_model = self.speed.prepare_model(self.model)
+        self.never_reached: list[torch.nn.Parameter] = []
+        if self.dist.enabled:
+            self.dist.prepare(self.model)
+            probe = next(iter(self.test_set.batches(2, shuffle=False, device=self.device)))
+            self.never_reached = unreachable_parameters(self.model, *probe,
+                                                        self.method.parameters_outside_forward(self.model))
         self.start_epoch = 0
         self.start_batch = 0
         self.partial: dict[str, float] = {}
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+            self.lock = None
+
     # ---- set-up --------------------------------------------------------------
-    def _check_resume(self) -> None:
-        ckpt = self.run.file(CHECKPOINT)
-        if self.resume:
+    def _check_resume(self, resume: bool) -> bool:
+        """Whether to continue from a checkpoint (``--resume`` of a run killed before its first one
+        starts it again from the beginning, after the same check of its settings)."""
+        ckpt = self.out / CHECKPOINT
+        config = self.out / CONFIG
+        if resume:
+            if config.is_file():
+                old = TrainConfig.from_dict(read_json(config)).to_dict()
+                new = self.cfg.to_dict()
+                changed = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]]
+                if changed:
+                    k = changed[0]
+                    raise CsgError(f"--resume: {k} was {old.get(k)!r} in {self.out} but is now {new[k]!r}; "
+                                   "resume with the same settings or train into a new --out")
             if not ckpt.is_file():
-                raise CsgError(f"--resume: {ckpt} does not exist; start without --resume")
-            old = TrainConfig.from_dict(self.run.config).to_dict()
-            new = self.cfg.to_dict()
-            changed = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]]
-            if changed:
-                k = changed[0]
-                raise CsgError(f"--resume: {k} was {old.get(k)!r} in {self.run.path} but is now {new[k]!r}; "
-                               "resume with the same settings or train into a new --out")
-        elif ckpt.is_file() and self.dist.is_main:
-            raise CsgError(f"{self.run.path} already holds a run; continue it with --resume or choose another --out")
+                if self.dist.is_main:
+                    print(f"note: {self.out} has no checkpoint yet (stopped before its first epoch ended); "
+                          "training it from the beginning", file=sys.stderr, flush=True)
+                return False
+            return True
+        if ckpt.is_file() and self.dist.is_main:
+            raise CsgError(f"{self.out} already holds a run; continue it with --resume or choose another --out")
+        return False
 
     def _check_data(self) -> None:
         if self.train_set.num_classes != self.test_set.num_classes:
@@ -175,27 +223,17 @@ class Trainer:
         if train_shape != test_shape:
             raise CsgError(f"{self.cfg.data}: train images are {train_shape} but test images are {test_shape}")
 
-    def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return build_optimizers(self.cfg, self.model, self.method)
-
-    def _set_epoch_lrs(self, epoch: int, phase: str) -> dict[str, float]:
+    def _enter_phase(self, phase: str) -> torch.nn.Module:
+        """Set what ``phase`` trains and return the module its steps call (a DDP wrapper per trainable set)."""
         cfg = self.cfg
-        factor = lr_factor(epoch, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.gamma)
-        lrs = {}
-        for name, opt in self.optimizers.items():
-            for g in opt.param_groups:
-                base = g["initial_lr"]
-                if name == "model" and phase != STD and cfg.csg_lr is not None:
-                    base = cfg.csg_lr
-                g["lr"] = base * factor
-            lrs[name] = opt.param_groups[0]["lr"]
-        return lrs
-
-    def _set_phase_trainable(self, phase: str) -> None:
-        below = self.cfg.csg_freeze_below if (phase != STD and self.cfg.csg_freeze_below) else self.cfg.freeze_below
+        below = cfg.csg_freeze_below if (phase != STD and cfg.csg_freeze_below) else cfg.freeze_below
         set_trainable(self.model, below)
+        self.method.set_phase(self.model, phase)
+        for p in self.never_reached:
+            p.requires_grad_(False)
+        return self.dist.wrap(self.forward_model)
 
-    def _write_config(self) -> None:
+    def _config_record(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
         cfg.update(num_classes=self.train_set.num_classes, in_channels=self.train_set.in_channels,
                    image_size=list(self.train_set.image_size), classes=list(self.train_set.classes),
@@ -203,85 +241,84 @@ class Trainer:
                    num_filters=self.model.num_filters, feature_layer=self.model.feature_layer,
                    train_size=len(self.train_set), test_size=len(self.test_set),
                    versions=package_versions(), command=" ".join(sys.argv))
-        self.run.write_json(CONFIG, cfg)
+        return cfg
+
+    # ---- writing (rank 0) ----------------------------------------------------
+    def _write(self, what: str, write) -> None:
+        """Run one write; a full disk becomes one line that says the last checkpoint is intact."""
+        try:
+            write()
+        except OSError as exc:
+            if not _no_space(exc):
+                raise
+            done = self.start_epoch_done()
+            raise CsgError(f"no space left on the device while writing {what} in {self.out}; the last good "
+                           f"checkpoint ({done}) is intact: free some space and continue with --resume") from None
+
+    def start_epoch_done(self) -> str:
+        ckpt = self.out / CHECKPOINT
+        return f"{ckpt.name}, {self._epochs_done} epochs" if ckpt.is_file() else "none yet: the run starts again"
+
+    def _save(self, epoch: int, next_batch: int, partial: dict) -> None:
+        self._write(CHECKPOINT, lambda: save_checkpoint(
+            self.out / CHECKPOINT, self.model, self.optimizers,
+            meta={"epoch": epoch, "next_batch": next_batch, "partial": partial, "method": self.cfg.method}))
+        self._epochs_done = epoch
+
+    def _truncate_log(self, epochs_done: int) -> None:
+        path = self.out / LOG
+        if not path.is_file():
+            return
+        keep = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
+        self._write(LOG, lambda: atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode()))
 
     # ---- running -------------------------------------------------------------
-    def fit(self) -> RunDir:
+    def fit(self) -> Path:
         cfg = self.cfg
+        self._epochs_done = 0
         if self.resume:
-            meta = restore_checkpoint(self.run.file(CHECKPOINT), self.model, self.optimizers)
-            self.start_epoch = int(meta["epoch"])
+            meta = restore_checkpoint(self.out / CHECKPOINT, self.model, self.optimizers)
+            self.start_epoch = self._epochs_done = int(meta["epoch"])
             self.start_batch = int(meta.get("next_batch", 0))
             self.partial = meta.get("partial", {})
             if self.dist.is_main:
                 self._truncate_log(self.start_epoch)
-        elif self.dist.is_main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            self._write_config()
-            if self.run.has(LOG):
-                self.run.file(LOG).unlink()
-        if self.resume and self.dist.is_main:
-            self._write_config()
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write(CONFIG, lambda: atomic_write_json(self.out / CONFIG, self._config_record()))
+            if not self.resume and (self.out / LOG).exists():
+                (self.out / LOG).unlink()
         for epoch in range(self.start_epoch, cfg.epochs):
             record = self._train_epoch(epoch)
             if self.dist.is_main:
                 self._save(epoch + 1, 0, {})
-                append_jsonl(self.run.file(LOG), record)
+                self._write(LOG, lambda: append_jsonl(self.out / LOG, record))
             self.start_batch, self.partial = 0, {}
         if self.dist.is_main:
             gate = self.method.gate_matrix(self.model)
             if gate is not None:
-                self.run.write_npy("gate.npy", gate)
-            if cfg.method in ("csg", "csg-fixed") and all(self.method.phase(e) == STD for e in range(cfg.epochs)):
+                self._write(GATE, lambda: atomic_save_npy(self.out / GATE, gate))
+            if not self.method.trains_gate(cfg.epochs):
                 # e.g. a 2-epoch smoke run with the default 2 warm-up epochs: the gate kept its initial value
                 print(f"note: this schedule had no CSG epoch (--warmup {cfg.warmup}, --epochs {cfg.epochs}): the "
                       "gated path was never trained; lower --warmup or train for more epochs", file=sys.stderr,
                       flush=True)
         self.dist.barrier()
-        return self.run
-
-    def _save(self, epoch: int, next_batch: int, partial: dict) -> None:
-        save_checkpoint(self.run.file(CHECKPOINT), self.model, self.optimizers,
-                        meta={"epoch": epoch, "next_batch": next_batch, "partial": partial,
-                              "method": self.cfg.method})
-
-    def _truncate_log(self, epochs_done: int) -> None:
-        path = self.run.file(LOG)
-        if not path.is_file():
-            return
-        keep = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
-        import json
-
-        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        return self.out
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.cfg
         phase = self.method.phase(epoch)
-        lrs = self._set_epoch_lrs(epoch, phase)
-        self._set_phase_trainable(phase)
-        model = self.ddp_model
+        lrs = set_epoch_lrs(self.optimizers, cfg, epoch, phase)
+        model = self._enter_phase(phase)
         model.train()
         generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         batches = self.train_set.batches(self.rank_batch_size, shuffle=True, generator=generator, device=self.device,
                                          augment=self.augment, drop_last=False, start_batch=self.start_batch,
                                          **self._shard_kwargs())
         n_total = self._num_batches()
-        # running sums stay on the device: no host synchronisation per step on a GPU
         # a mid-epoch checkpoint holds the sums over all ranks: rank 0 carries them, the others restart at 0
-        sums = {k: torch.tensor(v if self.dist.is_main else 0.0, dtype=torch.float64, device=self.device)
-                for k, v in self.partial.items()}
-
-        def add(key: str, value) -> None:
-            if torch.is_tensor(value):
-                value = value.detach().to(self.device, torch.float64)
-            else:
-                value = torch.tensor(float(value), dtype=torch.float64, device=self.device)
-            sums[key] = sums[key] + value if key in sums else value
-
-        def reduced_sums() -> dict[str, float]:
-            """The running sums over all ranks (every rank calls it, in the same key order)."""
-            return {k: float(self.dist.all_reduce_sum(v)) for k, v in sorted(sums.items())}
-
+        sums = EpochSums(self.device, self.partial if self.dist.is_main else {k: 0.0 for k in self.partial})
         bar = tqdm(total=n_total, initial=self.start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs} [{phase}]",
                    leave=False, disable=self._progress_disabled(), dynamic_ncols=True)
         start = time.perf_counter()
@@ -293,31 +330,12 @@ class Trainer:
         bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         show = not bar.disable
         for images, labels in batches:
-            images = self.speed.prepare_batch(images)
-            with self.speed.autocast():
-                out = self.method.step(model, images, labels, phase)
+            out = self._step(model, images, labels, phase, epoch, batch_index, lazy)
             if lazy:
                 bad = torch.where((bad < 0) & ~torch.isfinite(out.loss.detach()), batch_index, bad)
-            elif not torch.isfinite(out.loss):
-                self._nonfinite(epoch, batch_index, float(out.loss.detach()))
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            for opt in self.optimizers.values():
-                opt.step()
-            self.method.after_step(self.model, phase)
             n = labels.shape[0]
             seen += n
-            add("n", n)
-            add("loss", out.loss * n)
-            for key, value in out.terms.items():
-                add(key, value * n)
-            if out.logits is not None:
-                add("correct", (out.logits.argmax(1) == labels).sum())
-                add("n_std", n)
-            if out.csg_logits is not None:
-                add("correct_csg", (out.csg_logits.argmax(1) == labels).sum())
-                add("n_csg", n)
+            self._accumulate(sums, out, labels)
             batch_index += 1
             bar.update(1)
             checkpoint = bool(cfg.checkpoint_every and batch_index % cfg.checkpoint_every == 0
@@ -325,17 +343,56 @@ class Trainer:
             if lazy and (batch_index % 10 == 0 or checkpoint) and int(bad) >= 0:
                 self._nonfinite(epoch, int(bad), math.nan)
             if show and (batch_index % 10 == 0 or batch_index == n_total):
-                bar.set_postfix(loss=f"{float(sums['loss'] / sums['n']):.3f}",
-                                acc=f"{float(sums.get('correct', 0) / max(float(sums.get('n_std', 1)), 1)):.3f}")
+                bar.set_postfix(loss=f"{sums.get('loss') / max(sums.get('n'), 1):.3f}",
+                                acc=f"{sums.get('correct') / max(sums.get('n_std', 1), 1):.3f}")
             if checkpoint:
-                partial = reduced_sums()
+                partial = sums.reduced(self.dist)
                 if self.dist.is_main:
                     self._save(epoch, batch_index, partial)
         bar.close()
         if lazy and int(bad) >= 0:
             self._nonfinite(epoch, int(bad), math.nan)
         seconds = time.perf_counter() - start
-        totals = reduced_sums()
+        record = self._epoch_record(epoch, phase, sums.reduced(self.dist), lrs)
+        record["seconds"] = seconds
+        record["images_per_second"] = seen * self.dist.world_size / seconds if seconds > 0 else None
+        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            record.update(self._quick_eval())
+        if self.dist.is_main:
+            self._print_epoch(record)
+        return record
+
+    def _step(self, model, images, labels, phase, epoch, batch_index, lazy):
+        """One optimisation step: the method's loss, backward, every optimiser, the method's projection."""
+        images = self.speed.prepare_batch(images)
+        with self.speed.autocast():
+            out = self.method.step(model, images, labels, phase)
+        if not lazy and not torch.isfinite(out.loss):
+            self._nonfinite(epoch, batch_index, float(out.loss.detach()))
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+        self.method.after_step(self.model, phase)
+        return out
+
+    @staticmethod
+    def _accumulate(sums: EpochSums, out, labels) -> None:
+        n = labels.shape[0]
+        sums.add("n", n)
+        sums.add("loss", out.loss * n)
+        for key, value in out.terms.items():
+            sums.add(key, value * n)
+        if out.logits is not None:
+            sums.add("correct", (out.logits.argmax(1) == labels).sum())
+            sums.add("n_std", n)
+        if out.csg_logits is not None:
+            sums.add("correct_csg", (out.csg_logits.argmax(1) == labels).sum())
+            sums.add("n_csg", n)
+
+    def _epoch_record(self, epoch: int, phase: str, totals: dict[str, float], lrs: dict[str, float]) -> dict:
+        """The epoch's log line: mean loss and terms, accuracies, the method's summary, learning rates."""
         n = max(totals.get("n", 0.0), 1.0)
         record: dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "loss": totals.get("loss", math.nan) / n}
         for key in sorted(set(totals) - {"n", "loss", "correct", "correct_csg", "n_std", "n_csg"}):
@@ -355,17 +412,11 @@ class Trainer:
             gate = getattr(self.model, "gate", None)
             if gate is not None:
                 record["rank_gate_spread"] = self.dist.max_spread(gate.weight)
-        record["seconds"] = seconds
-        record["images_per_second"] = seen * self.dist.world_size / seconds if seconds > 0 else None
-        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            record.update(self._quick_eval())
-        if self.dist.is_main:
-            self._print_epoch(record)
         return record
 
     def _nonfinite(self, epoch: int, batch_index: int, value: float) -> None:
         raise CsgError(f"loss became {value} at epoch {epoch + 1}, batch {batch_index + 1}; the "
-                       f"last good checkpoint is kept in {self.run.path}; lower --lr (now {self.cfg.lr}) or "
+                       f"last good checkpoint is kept in {self.out}; lower --lr (now {self.cfg.lr}) or "
                        "--gate-lr and train again")
 
     def _shard_kwargs(self) -> dict[str, int]:
@@ -375,17 +426,14 @@ class Trainer:
         per_rank = math.ceil(len(self.train_set) / self.dist.world_size)
         return math.ceil(per_rank / self.rank_batch_size)
 
-    def _progress_disabled(self) -> bool:
+    def _progress_disabled(self) -> bool | None:
         if not self.dist.is_main:
             return True
         if self.progress is None:
             return None  # tqdm: only on a terminal
         return not self.progress
 
-    @torch.no_grad()
     def _quick_eval(self) -> dict[str, float]:
-        from .distributed import capture_features_sharded
-
         # each rank evaluates every W-th image; the gathered arrays are the single-process ones
         captured = capture_features_sharded(self.dist, self.model, self.test_set,
                                             batch_size=self.cfg.eval_batch_size, device=self.device)
@@ -406,16 +454,17 @@ class Trainer:
         print("  ".join(parts), file=sys.stderr, flush=True)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None, **kwargs) -> RunDir:
-    """Train one run (the Python form of ``csg train``) and return its directory."""
+def fit(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None, **kwargs) -> Path:
+    """Train one run into ``cfg.out`` and return that folder (rank failures become one line)."""
     trainer = Trainer(cfg, resume=resume, progress=progress, **kwargs)
     try:
         return trainer.fit()
     except BaseException as exc:
         # torchrun: a stopped rank or a collective timeout becomes one line naming the rank and the run
-        replacement = trainer.dist.on_error(exc, trainer.run.path)
+        replacement = trainer.dist.on_error(exc, trainer.out)
         if replacement is None:
             raise
         raise replacement from exc
     finally:
+        trainer.release()
         trainer.dist.close()

@@ -1,6 +1,7 @@
 """Process-group context; a single process is the trivial case.
 
-The multi-process context (``csg.training.ddp``) is imported only under torchrun.
+The multi-process context (:mod:`.process_group`: stock DDP, synchronised batch
+norm, rank-failure messages) is imported only under torchrun.
 """
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ class DistContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training steps call (one process: the model itself)."""
         return model
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -54,7 +59,7 @@ def init_distributed(device: str) -> DistContext:
     """A single-process context unless launched by torchrun (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistContext()
-    from .ddp import init_process_group_context  # written for torchrun launches
+    from .process_group import init_process_group_context
 
     return init_process_group_context(device)
 
@@ -84,7 +89,7 @@ def capture_features_sharded(ctx: DistContext, model, dataset, *, batch_size: in
     """
     import numpy as np
 
-    from ..runs.evaluate import capture_features
+    from ...core.inference import capture_features
 
     if not ctx.enabled:
         return capture_features(model, dataset, batch_size=batch_size, device=device)
