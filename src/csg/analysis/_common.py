@@ -5,7 +5,6 @@ import numpy as np
 
 from ..core.errors import CsgError
 
-
 def as_labels(labels, num_classes: int | None = None) -> tuple[np.ndarray, int]:
     """Labels as int64 and the class count (``max + 1`` when not given)."""
     y = np.asarray(labels).astype(np.int64).ravel()
@@ -15,7 +14,6 @@ def as_labels(labels, num_classes: int | None = None) -> tuple[np.ndarray, int]:
         raise CsgError(f"labels must lie in [0, {num_classes}); got values from {y.min()} to {y.max()}")
     return y, int(num_classes)
 
-
 def check_pooled(pooled, labels) -> np.ndarray:
     a = np.asarray(pooled, dtype=np.float64)
     if a.ndim != 2:
@@ -24,13 +22,11 @@ def check_pooled(pooled, labels) -> np.ndarray:
         raise CsgError(f"pooled features have {a.shape[0]} rows but there are {np.asarray(labels).shape[0]} labels")
     return a
 
-
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """``N x C`` float matrix with ``out[n, labels[n]] = 1``."""
     out = np.zeros((labels.shape[0], num_classes))
     out[np.arange(labels.shape[0]), labels] = 1.0
     return out
-
 
 def class_means(pooled, labels, num_classes: int | None = None, mask=None) -> tuple[np.ndarray, np.ndarray]:
     """``mu[c] = mean of pooled[n]`` over samples of class c (restricted to ``mask``).
@@ -49,23 +45,14 @@ def class_means(pooled, labels, num_classes: int | None = None, mask=None) -> tu
     mu[counts == 0] = np.nan
     return mu, counts.astype(np.int64)
 
-
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
     """``M[t, p]`` = number of samples of true class t predicted as p (counts, int64)."""
     y = np.asarray(labels, dtype=np.int64).ravel()
     p = np.asarray(predictions, dtype=np.int64).ravel()
     return np.bincount(y * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
-
 def per_class_recall(confusion: np.ndarray) -> np.ndarray:
     """Diagonal over row sums (NaN for classes without samples)."""
     rows = confusion.sum(axis=1).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.diag(confusion) / rows
-
-
-def row_normalise(confusion: np.ndarray) -> np.ndarray:
-    rows = confusion.sum(axis=1, keepdims=True).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = confusion / rows
-    return np.nan_to_num(out)

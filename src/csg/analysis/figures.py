@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report.figures import (_class_ticks, confusion_pair, curves, draw_heatmap, matrix_pair, pyplot,
+from ..core.plotting import (class_ticks, confusion_pair, curves, draw_heatmap, matrix_pair, pyplot,
                               save_figure)
 
 
@@ -60,7 +60,7 @@ def clusters_figure(path, centres, contingency, order, *, purity: float, ari: fl
     draw_heatmap(fig, axes[1], contingency, title=f"cluster x class counts\npurity {purity:.2f}, ARI {ari:.2f}",
                  xlabel="true class", ylabel="cluster", cmap="Greens", vmin=0, cbar_label="samples",
                  annotate=C <= 12 and k <= 12, fmt="{:.0f}", hide_zero=True)
-    _class_ticks(axes[1], "x", C, class_names)
+    class_ticks(axes[1], "x", C, class_names)
     return save_figure(fig, path)
 
 
@@ -73,7 +73,7 @@ def ablation_figure(path, drop, selectivity, order, *, spearman: float, class_na
     draw_heatmap(fig, axes[0], drop[order].T, title="per-class accuracy drop D[k, c] when filter k alone is zeroed",
                  xlabel="filter (sorted by argmax class)", ylabel="class", cmap="RdBu_r", vmin=-lim, vmax=lim,
                  cbar_label="accuracy drop")
-    _class_ticks(axes[0], "y", C, class_names)
+    class_ticks(axes[0], "y", C, class_names)
     max_drop = np.nanmax(drop, axis=1)
     axes[1].scatter(selectivity, max_drop, s=12, alpha=0.7)
     axes[1].set_xlabel("class selectivity (mu_max - mu_rest) / (mu_max + mu_rest)")

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import CsgError
+from ..core.io import jsonable
 from ._common import as_labels, class_means
 from .ablation import ablation_drops, class_selectivity, selectivity_vs_drop
 from .clustering import cluster_centres
@@ -22,21 +23,6 @@ from .similarity import diagonal_dominance, feature_gate_similarity
 
 # Matrices with more entries than this go to analysis.npz only (a 1000-class confusion is 1M numbers).
 JSON_MATRIX_LIMIT = 4096
-
-
-def clean(obj: Any) -> Any:
-    """JSON-safe: arrays to lists, NaN/inf to None (strict JSON readers accept the file)."""
-    if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return clean(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _small(arr: np.ndarray):
@@ -67,7 +53,7 @@ def run_analyses(run, *, classes: Sequence[int] | str | None = None, device="cpu
         model: an already loaded model (else ``run.load_model(device)``).
     Returns the dictionary written to ``analysis.json``.
     """
-    from ..report.figures import filter_order
+    from ..core.plotting import filter_order
     from . import figures as figs
 
     feats = run.features()
@@ -224,7 +210,7 @@ def run_analyses(run, *, classes: Sequence[int] | str | None = None, device="cpu
                                     f"per-class drop; Spearman rho = {stats['spearman']:.2f}."),
                          drop, selectivity, order, spearman=stats["spearman"], class_names=names)
 
-    result = clean({
+    result = jsonable({
         "run": str(run.path), "num_classes": C, "num_filters": K, "num_samples": int(labels.size),
         "removal": removal, "similarity": similarity, "correlation": correlation, "clusters": clusters,
         "ablation": ablation, "figures": figures, "notes": notes,

@@ -16,6 +16,7 @@ import torch
 
 from ..core.errors import CsgError
 from ..localization.maps import ActivMap, GradMap
+from ..core.plotting import pyplot, save_figure
 
 
 @dataclass
@@ -103,10 +104,7 @@ def explain(model, image: torch.Tensor, gate=None, top: int = 5, class_names: Se
 
 def explanation_figure(expl: Explanation, image: torch.Tensor, path: str | Path, title: str = "") -> Path:
     """One PNG: the image and a bar chart of the contributions, then per top filter its ActivMap and GradMap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from ..localization.figures import to_display
 
@@ -143,13 +141,7 @@ def explanation_figure(expl: Explanation, image: torch.Tensor, path: str | Path,
             a.set_yticks([])
     fig.suptitle(title or f"why {expl.predicted_name}: the {n} filters that gave most", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def load_image(path: str | Path, in_channels: int, size: Sequence[int]) -> torch.Tensor:

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.plotting import pyplot, save_figure
+
 
 def to_display(image: np.ndarray) -> np.ndarray:
     """``C x H x W`` in [0, 1] -> ``H x W`` (grey) or ``H x W x 3`` for imshow."""
@@ -26,10 +28,7 @@ def overlay_grid(rows: Sequence[dict], path: str | Path, title: str) -> Path:
     """Draw one row per entry of ``rows`` (keys ``image`` C x H x W in [0, 1], ``map`` H x W, ``mask`` and
     ``region`` H x W bool, ``label`` the row's caption, ``iou``) with four panels: the image, the map over
     it, the object mask, and the predicted region against the mask outline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = max(1, len(rows))
     fig, axes = plt.subplots(n, 4, figsize=(8.4, 2.1 * n + 0.6), squeeze=False)
@@ -53,10 +52,4 @@ def overlay_grid(rows: Sequence[dict], path: str | Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
     fig.text(0.5, 0.005, "red outline: object mask; blue: the method's region", ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)  # atomic: a reader never sees half a PNG
-    return path
+    return save_figure(fig, path, tight=False)

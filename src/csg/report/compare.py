@@ -438,9 +438,8 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
     result = {"runs": [{"label": r.label, "path": str(r.path), "method": r.method, "data": r.data, "arch": r.arch,
                         "seed": r.seed, "values": per_run[r.label]} for r in runs],
               "rows": rows, "reference": PAPER_TABLE1_CIFAR10, "figures": fig_entries}
-    from ..analysis.runner import clean
 
-    atomic_write_json(out / "comparison.json", clean(result))
+    atomic_write_json(out / "comparison.json", result)
     index = out / "index.html"
     subtitle = H.esc(f"{len(runs)} runs, {len(rows)} methods: " + ", ".join(r.label for r in runs))
     atomic_write_text(index, H.page("csg comparison", "".join(body), subtitle=subtitle))
