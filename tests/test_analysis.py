@@ -322,9 +322,10 @@ def test_run_analyses_writes_json_and_figures(tmp_path, method):
     data = _strict_json(run.file("analysis.json"))
     for key in ("removal", "similarity", "correlation", "clusters", "ablation", "figures"):
         assert key in data
-    assert data["removal"]["primary"] == ("gate" if method == "csg" else "activation")
+    assert data["schema"] == "csg.analysis/2" and data["removal"]["schema"] == "csg.analysis.removal/2"
+    assert data["removal"]["primary"] == ("assignment" if method == "csg" else "activation")
     if method == "csg":  # the planted gate gives filters k with k % 10 in {0, 1}
-        assert data["removal"]["selections"]["gate"]["filters"] == [k for k in range(64) if k % 10 in (0, 1)]
+        assert data["removal"]["selections"]["assignment"]["filters"] == [k for k in range(64) if k % 10 in (0, 1)]
     else:
         assert data["similarity"]["reference"] == "mi_matrix"
     assert set(data["correlation"]) >= {"r_s", "c_ic"}
@@ -362,3 +363,28 @@ def test_analyze_cli_on_tiny_trained_runs(tiny_csg_run, tiny_std_run, capsys):
         for fig in data["figures"]:
             assert (Path(run) / fig["path"]).is_file()
     assert "analysis.json" in capsys.readouterr().out
+
+
+def test_removal_uses_each_methods_own_assignment(tmp_path):
+    """A PICNN run's gate.npy holds Q (softmax columns, maxima well below 0.5): its filters are removed by
+    argmax_c Q[c, k], not by Q > 0.5 (which would remove none)."""
+    from csg.runs.rundir import RunDir
+
+    path = make_fake_run(tmp_path / "picnn", "std")
+    run = RunDir(path)
+    model = run.load_model()          # the fake run's weights; the method's own parameters play no part
+    C, K = 10, 64
+    owner = np.arange(K) % C
+    V = np.full((C, K), 0.0)
+    V[owner, np.arange(K)] = 1.5                     # softmax max = e^1.5 / (e^1.5 + 9) ~ 0.33
+    Q = np.exp(V) / np.exp(V).sum(axis=0, keepdims=True)
+    assert Q.max() < 0.5
+    np.save(path / "gate.npy", Q.astype(np.float32))
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["method"] = "picnn"
+    (path / "config.json").write_text(json.dumps(cfg))
+    data = run_analyses(run, classes=[0, 1], figures=False, model=model)
+    sel = data["removal"]["selections"]["assignment"]
+    assert data["removal"]["primary"] == "assignment"
+    assert sel["filters"] == [k for k in range(K) if owner[k] in (0, 1)]
+    assert "argmax" in sel["criterion"]

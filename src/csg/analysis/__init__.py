@@ -8,8 +8,10 @@ from .ablation import ablation_drops, class_selectivity, selectivity_vs_drop
 from .clustering import cluster_centres
 from .correlation import (feature_conv, inter_class_correlation, r_s_curve, top_filters_per_class,
                           weight_correlation)
-from .removal import confusion_after_removal, head_logits, removal_filters_csg, removal_filters_std
-from .runner import run_analyses
+from .removal import (confusion_after_removal, head_logits, removal_filters, removal_filters_csg,
+                      removal_filters_std)
+from .registry import ANALYSES
+from .runner import load_inputs, run_analyses
 from .similarity import class_mean_features, feature_gate_similarity
 
 __all__ = [
@@ -24,7 +26,10 @@ __all__ = [
     "weight_correlation",
     "confusion_after_removal",
     "head_logits",
+    "removal_filters",
     "removal_filters_csg",
+    "ANALYSES",
+    "load_inputs",
     "removal_filters_std",
     "class_mean_features",
     "feature_gate_similarity",

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from ..core.errors import CsgError
+from . import figures as figs
 from ._common import as_labels, check_pooled, class_means
+from .base import AnalysisInputs, AnalysisResult, Figure, figure, fmt, small
 
 
 @torch.no_grad()
@@ -99,3 +101,43 @@ def selectivity_vs_drop(selectivity, drop) -> dict[str, float]:
     res = spearmanr(sel, max_drop)
     return {"spearman": float(res.statistic if hasattr(res, "statistic") else res[0]),
             "p_value": float(res.pvalue if hasattr(res, "pvalue") else res[1])}
+
+
+# ---- the analysis entry (registry) -----------------------------------------------------------------------
+SCHEMA = "csg.analysis.ablation/1"
+
+
+def compute(inputs: AnalysisInputs) -> AnalysisResult:
+    """Schema ``csg.analysis.ablation/1``: ``drop`` (K x C when small), ``base_per_class_accuracy``,
+    ``selectivity``, ``top_class``, ``max_drop``, ``max_drop_class`` (per filter),
+    ``spearman_selectivity_max_drop`` with its ``p_value``, ``top_class_is_max_drop_class``,
+    ``mean_max_drop``. Arrays: ``ablation_drop`` (K x C), ``selectivity`` (K)."""
+    drop, base = ablation_drops(inputs.pooled, inputs.labels, inputs.head_weight, inputs.head_bias,
+                                inputs.num_classes, device=inputs.device)
+    selectivity, top_class = class_selectivity(inputs.pooled, inputs.labels, inputs.num_classes)
+    stats = selectivity_vs_drop(selectivity, drop)
+    max_drop = np.nanmax(drop, axis=1)
+    max_drop_class = np.nanargmax(np.where(np.isnan(drop), -np.inf, drop), axis=1)
+    hit = (top_class == max_drop_class)[max_drop > 0]
+    summary = {"schema": SCHEMA, "drop": small(drop), "base_per_class_accuracy": base, "selectivity": selectivity,
+               "top_class": top_class, "max_drop": max_drop, "max_drop_class": max_drop_class,
+               "spearman_selectivity_max_drop": stats["spearman"], "p_value": stats["p_value"],
+               "top_class_is_max_drop_class": float(hit.mean()) if hit.size else math.nan,
+               "mean_max_drop": float(np.nanmean(max_drop))}
+    return AnalysisResult("ablation", SCHEMA, summary, {"ablation_drop": drop, "selectivity": selectivity})
+
+
+def render(result: AnalysisResult, inputs: AnalysisInputs, figdir) -> list[Figure]:
+    s = result.summary
+    path, fig = figure(figdir, "analysis_ablation.png",
+                       "Left: per-class accuracy drop when one filter is zeroed (all filters in one batched pass "
+                       "through the head). Right: class selectivity vs the largest per-class drop; Spearman rho = "
+                       f"{fmt(s['spearman_selectivity_max_drop'], 2)}.")
+    figs.ablation_figure(path, result.arrays["ablation_drop"], result.arrays["selectivity"], inputs.order,
+                         spearman=s["spearman_selectivity_max_drop"], class_names=inputs.class_names)
+    return [fig]
+
+
+def key_numbers(s: dict) -> list[tuple[str, str]]:
+    return [("ablation: Spearman(selectivity, largest drop)", fmt(s.get("spearman_selectivity_max_drop"))),
+            ("ablation: mean largest per-class drop", fmt(s.get("mean_max_drop"), 4))]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import CsgError
+from . import figures as figs
 from ._common import as_labels, check_pooled
+from .base import AnalysisInputs, AnalysisResult, Figure, figure, fmt, small
 
 
 def cluster_centres(pooled, labels, num_clusters: int | None = None, seed: int = 0, n_init: int = 4,
@@ -54,3 +56,34 @@ def cluster_centres(pooled, labels, num_clusters: int | None = None, seed: int =
         "ari": float(adjusted_rand_score(y, assign)),
         "nmi": float(normalized_mutual_info_score(y, assign)),
     }
+
+
+# ---- the analysis entry (registry) -----------------------------------------------------------------------
+SCHEMA = "csg.analysis.clusters/1"
+
+
+def compute(inputs: AnalysisInputs) -> AnalysisResult:
+    """Schema ``csg.analysis.clusters/1``: ``k``, ``seed``, ``purity``, ``ari``, ``nmi``, ``majority_class``,
+    ``centres`` and ``contingency`` when small. Arrays: ``cluster_centres`` (C x K), ``cluster_contingency``."""
+    C, seed = inputs.num_classes, inputs.options.get("seed", 0)
+    cl = cluster_centres(inputs.pooled, inputs.labels, C, seed=seed)
+    summary = {"schema": SCHEMA, "k": C, "seed": seed, "purity": cl["purity"], "ari": cl["ari"], "nmi": cl["nmi"],
+               "majority_class": cl["majority"], "centres": small(cl["centres"]),
+               "contingency": small(cl["contingency"])}
+    return AnalysisResult("clusters", SCHEMA, summary, {"cluster_centres": cl["centres"],
+                                                        "cluster_contingency": cl["contingency"]})
+
+
+def render(result: AnalysisResult, inputs: AnalysisInputs, figdir) -> list[Figure]:
+    s = result.summary
+    path, fig = figure(figdir, "analysis_clusters.png",
+                       f"k-means ({s['k']} clusters, seed {s['seed']}) on the pooled features: centres with filters "
+                       f"ordered by argmax class, and the cluster x class table (purity {fmt(s['purity'], 2)}, ARI "
+                       f"{fmt(s['ari'], 2)}).")
+    figs.clusters_figure(path, result.arrays["cluster_centres"], result.arrays["cluster_contingency"], inputs.order,
+                         purity=s["purity"], ari=s["ari"], class_names=inputs.class_names)
+    return [fig]
+
+
+def key_numbers(s: dict) -> list[tuple[str, str]]:
+    return [("k-means purity / ARI / NMI", f"{fmt(s.get('purity'))} / {fmt(s.get('ari'))} / {fmt(s.get('nmi'))}")]

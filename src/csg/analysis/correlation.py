@@ -14,7 +14,9 @@ import numpy as np
 import torch.nn as nn
 
 from ..core.errors import CsgError
+from . import figures as figs
 from ._common import as_labels, class_means
+from .base import AnalysisInputs, AnalysisResult, Figure, figure, fmt, small
 
 # Float rounding leaves cos(w, w) a hair below 1; treat entries within this of s as >= s.
 R_S_TOLERANCE = 1e-6
@@ -114,3 +116,47 @@ def feature_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
         raise CsgError(f"the last convolution before the feature layer ({name}) has {conv.out_channels} "
                        f"filters, not K={K}; weight correlation needs the conv that produces the features")
     return name, conv
+
+
+# ---- the analysis entry (registry) -----------------------------------------------------------------------
+SCHEMA = "csg.analysis.correlation/1"
+
+
+def compute(inputs: AnalysisInputs) -> AnalysisResult:
+    """Schema ``csg.analysis.correlation/1``: ``layer`` (the convolution producing the feature layer),
+    ``r_s`` (``s``, ``r``), ``c_ic`` with its ``m``, ``mean_off_diagonal``, ``mean_abs_off_diagonal``,
+    ``ordered_by``. Arrays: ``correlation`` (K x K)."""
+    layer, conv = feature_conv(inputs.model)
+    corr = weight_correlation(conv.weight)
+    s, r = r_s_curve(corr)
+    K, C = inputs.num_filters, inputs.num_classes
+    m = inputs.options.get("m")
+    m_used = int(m) if m is not None else max(1, K // C)
+    c_ic = inter_class_correlation(corr, inputs.pooled, inputs.labels, m_used, C)
+    off = corr[~np.eye(K, dtype=bool)]
+    summary = {"schema": SCHEMA, "layer": layer, "r_s": {"s": s, "r": r}, "c_ic": c_ic, "m": m_used,
+               "mean_off_diagonal": float(off.mean()) if off.size else float("nan"),
+               "mean_abs_off_diagonal": float(np.abs(off).mean()) if off.size else float("nan"),
+               "ordered_by": inputs.ordered_by}
+    return AnalysisResult("correlation", SCHEMA, summary, {"correlation": corr.astype(np.float32)})
+
+
+def render(result: AnalysisResult, inputs: AnalysisInputs, figdir) -> list[Figure]:
+    s = result.summary
+    K = inputs.num_filters
+    path, fig1 = figure(figdir, "analysis_correlation.png",
+                        f"Cosine between the flattened weights of the {K} filters of {s['layer']}, ordered by their "
+                        f"argmax class in the {s['ordered_by']} (lines: class blocks). Inter-class correlation "
+                        f"C_IC = {fmt(s['c_ic'])} (m = {s['m']}).")
+    figs.correlation_figure(path, result.arrays["correlation"], inputs.order, inputs.owner, layer=s["layer"],
+                            c_ic=s["c_ic"], ordered_by=s["ordered_by"])
+    path, fig2 = figure(figdir, "analysis_r_s.png",
+                        f"r_s: share of off-diagonal filter pairs of {s['layer']} whose weight correlation is at "
+                        "least s (log scale near 0).")
+    figs.r_s_figure(path, np.asarray(s["r_s"]["s"]), np.asarray(s["r_s"]["r"]), label=inputs.run_name)
+    return [fig1, fig2]
+
+
+def key_numbers(s: dict) -> list[tuple[str, str]]:
+    return [(f"inter-class weight correlation C_IC (m = {s.get('m')})", fmt(s.get("c_ic"), 4)),
+            ("mean |off-diagonal weight correlation|", fmt(s.get("mean_abs_off_diagonal"), 4))]

@@ -13,7 +13,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..core.errors import CsgError
+from . import figures as figs
 from ._common import as_labels, check_pooled, class_means, confusion_matrix, per_class_recall
+from .base import AnalysisInputs, AnalysisResult, figure, fmt, small
 
 
 def _check_classes(classes: Iterable[int], num_classes: int) -> list[int]:
@@ -106,3 +108,74 @@ def removal_summary(before: np.ndarray, after: np.ndarray, classes: Sequence[int
         "per_class_accuracy_before": rb.tolist(),
         "per_class_accuracy_after": ra.tolist(),
     }
+
+
+# ---- the analysis entry (registry) -----------------------------------------------------------------------
+SCHEMA = "csg.analysis.removal/2"
+
+
+def removal_filters(assignment, classes: Sequence[int]) -> np.ndarray:
+    """Filters a method assigns to S: ``{k : assignment[c, k] for some c in S}`` (sorted)."""
+    A = np.asarray(assignment, dtype=bool)
+    if A.ndim != 2:
+        raise CsgError(f"a filter-class assignment must be C x K, got shape {A.shape}")
+    cls = _check_classes(classes, A.shape[0])
+    return np.flatnonzero(A[cls].any(axis=0)).astype(np.int64)
+
+
+def compute(inputs: AnalysisInputs) -> AnalysisResult:
+    """Schema ``csg.analysis.removal/2``: ``classes``; ``primary`` (``"assignment"`` when the method has
+    its own filter-class assignment, else ``"activation"``); ``selections[criterion]`` with ``criterion``
+    (text), ``filters``, ``num_removed``, accuracies before/after of the removed and the other classes,
+    per-class accuracies, and the confusion matrices when small."""
+    classes = inputs.options["classes"]
+    share = inputs.options["share"]
+    a, y, W, b, C = inputs.pooled, inputs.labels, inputs.head_weight, inputs.head_bias, inputs.num_classes
+    selections, arrays = {}, {}
+    if inputs.assignment is not None:
+        filt = removal_filters(inputs.assignment, classes)
+        before, after = confusion_after_removal(a, y, W, b, filt, C)
+        selections["assignment"] = dict(criterion=f"{inputs.assignment_rule} for c in S",
+                                        **removal_summary(before, after, classes, filt),
+                                        confusion_before=small(before), confusion_after=small(after))
+        arrays["removal_assignment_before"], arrays["removal_assignment_after"] = before, after
+    filt = removal_filters_std(a, y, classes, share, C)
+    before, after = confusion_after_removal(a, y, W, b, filt, C)
+    selections["activation"] = dict(criterion=f"top {share:.0%} filters by mean activation on each c in S",
+                                    share=share, **removal_summary(before, after, classes, filt),
+                                    confusion_before=small(before), confusion_after=small(after))
+    arrays["removal_activation_before"], arrays["removal_activation_after"] = before, after
+    primary = "assignment" if inputs.assignment is not None else "activation"
+    notes = []
+    if inputs.assignment is not None and selections["assignment"]["num_removed"] == 0:
+        notes.append(f"removal: the method assigns no filter to classes {classes}")
+    return AnalysisResult("removal", SCHEMA, {"schema": SCHEMA, "classes": classes, "primary": primary,
+                                              "selections": selections}, arrays, notes)
+
+
+def render(result, inputs, figdir) -> list:
+    s = result.summary
+    sel = s["selections"][s["primary"]]
+    path, fig = figure(figdir, "analysis_removal.png",
+                       f"Confusion matrices (row-normalised) before and after zeroing the {sel['num_removed']} "
+                       f"filters of classes {s['classes']} ({sel['criterion']}). Removed classes: accuracy "
+                       f"{_f(sel['removed_classes_accuracy_before'])} -> {_f(sel['removed_classes_accuracy_after'])}; "
+                       f"other classes {_f(sel['other_classes_accuracy_before'])} -> "
+                       f"{_f(sel['other_classes_accuracy_after'])}.")
+    figs.removal_figure(path, result.arrays[f"removal_{s['primary']}_before"],
+                        result.arrays[f"removal_{s['primary']}_after"], classes=s["classes"],
+                        num_removed=sel["num_removed"], criterion=sel["criterion"], class_names=inputs.class_names)
+    return [fig]
+
+
+def key_numbers(s: dict) -> list[tuple[str, str]]:
+    sel = s["selections"][s["primary"]]
+    return [(f"removal of classes {s['classes']} ({sel['num_removed']} filters, {sel['criterion']}): accuracy of "
+             "the removed classes before -> after",
+             f"{_f(sel['removed_classes_accuracy_before'])} -> {_f(sel['removed_classes_accuracy_after'])}"),
+            ("removal: accuracy of the other classes before -> after",
+             f"{_f(sel['other_classes_accuracy_before'])} -> {_f(sel['other_classes_accuracy_after'])}")]
+
+
+def _f(x) -> str:
+    return fmt(x, 2)

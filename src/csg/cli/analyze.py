@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import run_analyses
+    from ..core.run_files import ANALYSIS
     from ..runs.rundir import RunDir
     from ..core.device import resolve_device
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    print(f"removal of classes {rem['classes']} ({sel['num_removed']} filters, {rem['primary']} criterion): "
+    print(f"removal of classes {rem['classes']} ({sel['num_removed']} filters, {sel['criterion']}): "
           f"removed classes {f(sel['removed_classes_accuracy_before'])} -> {f(sel['removed_classes_accuracy_after'])}, "
           f"others {f(sel['other_classes_accuracy_before'])} -> {f(sel['other_classes_accuracy_after'])}")
     print(f"inter-class weight correlation C_IC = {f(result['correlation']['c_ic'])} "
@@ -45,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
           f"{f(result['ablation']['spearman_selectivity_max_drop'])}")
     for note in result.get("notes", []):
         print(f"note: {note}")
-    print(run_dir.file("analysis.json"))
+    print(run_dir.file(ANALYSIS))
     return 0

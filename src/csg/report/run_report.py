@@ -94,33 +94,15 @@ def matrix_figures(run, gate: np.ndarray | None, mi: np.ndarray | None, figdir: 
 
 
 def _analysis_summary(data: dict) -> str:
-    """Key numbers of analysis.json as a small table."""
+    """Key numbers of analysis.json as a small table, one block per registered analysis (read by schema)."""
+    from ..analysis.base import section
+    from ..analysis.registry import ANALYSES
+
     rows = []
-    rem = data.get("removal", {})
-    sel = rem.get("selections", {}).get(rem.get("primary", ""), {})
-    if sel:
-        rows.append((f"removal of classes {rem.get('classes')} ({sel.get('num_removed')} filters): accuracy of "
-                     "removed classes before -> after",
-                     f"{H.fmt(sel.get('removed_classes_accuracy_before'), 3)} -> "
-                     f"{H.fmt(sel.get('removed_classes_accuracy_after'), 3)}"))
-        rows.append(("removal: accuracy of the other classes before -> after",
-                     f"{H.fmt(sel.get('other_classes_accuracy_before'), 3)} -> "
-                     f"{H.fmt(sel.get('other_classes_accuracy_after'), 3)}"))
-    sim = data.get("similarity", {})
-    if "tp_diagonal_dominance" in sim:
-        rows.append(("similarity: TP rows with a diagonal maximum", H.fmt(sim.get("tp_diagonal_dominance"), 3)))
-    cor = data.get("correlation", {})
-    if cor:
-        rows.append((f"inter-class weight correlation C_IC (m = {cor.get('m')})", H.fmt(cor.get("c_ic"), 4)))
-        rows.append(("mean |off-diagonal weight correlation|", H.fmt(cor.get("mean_abs_off_diagonal"), 4)))
-    cl = data.get("clusters", {})
-    if cl:
-        rows.append(("k-means purity / ARI / NMI",
-                     f"{H.fmt(cl.get('purity'), 3)} / {H.fmt(cl.get('ari'), 3)} / {H.fmt(cl.get('nmi'), 3)}"))
-    ab = data.get("ablation", {})
-    if ab:
-        rows.append(("ablation: Spearman(selectivity, largest drop)", H.fmt(ab.get("spearman_selectivity_max_drop"), 3)))
-        rows.append(("ablation: mean largest per-class drop", H.fmt(ab.get("mean_max_drop"), 4)))
+    for analysis in ANALYSES:
+        summary = section(data, analysis.name, analysis.schema)
+        if summary is not None:
+            rows.extend(analysis.key_numbers(summary))
     notes = "".join(f'<p class="note">{H.esc(n)}</p>' for n in data.get("notes", []) or [])
     return (H.table(["quantity", "value"], rows) if rows else "") + notes
 
