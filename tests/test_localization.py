@@ -135,11 +135,48 @@ def test_streaming_quantile_matches_numpy():
         assert np.all(np.abs(est - exact) <= sq.bin_width().numpy() + 1e-12), (p, est, exact)
     # the stated bound on the bin width, <= 4 x range / (bins - 1), holds
     assert np.all(sq.bin_width().numpy() <= 4 * np.ptp(values.astype(np.float64), axis=1) / 1023)
-    rule = DatasetQuantile(0.3, bins=1024)
-    for b in seen:
-        rule.update(b)
-    level = rule.finish()
-    np.testing.assert_allclose(level.numpy(), np.quantile(values, 0.7, axis=1), atol=float(sq.bin_width().max()))
+
+
+def _fit(rule, batches):
+    while rule.needs_fit:
+        for b in batches:
+            rule.update(b)
+        rule.end_pass()
+    return rule.finish()
+
+
+@pytest.mark.parametrize("gather", [1 << 18, 3])   # 3: force the finer-histogram passes
+def test_activmap_level_is_np_quantile_over_all_cells_even_for_sparse_filters(gather):
+    """The dataset-level top-30% level of each filter equals np.quantile over all its cells, also for a
+    sparse filter whose zeros are more than 70% of its cells (level exactly 0: the rule's region is every
+    cell, not "the non-zero cells" that an estimate a hair above 0 would give)."""
+    torch.manual_seed(0)
+    seen = []
+    for i in range(6):
+        b = torch.randn(7, 4, 5, 4) * (1 + i) + 0.5 * i
+        b[:, 0] = b[:, 0].relu()
+        b[:, 1] = (b[:, 1] - 3).relu()        # a sparse, class-specific filter: ~75% zeros
+        b[:, 3] = torch.round(b[:, 3])         # heavy ties
+        seen.append(b)
+    values = torch.cat(seen).transpose(0, 1).reshape(4, -1).numpy().astype(np.float64)
+    assert (values[1] == 0).mean() > 0.7
+    from csg.localization.regions import ExactQuantile
+
+    rule = DatasetQuantile(0.3, bins=64, gather=gather)
+    level = _fit(rule, seen).numpy()
+    exact = np.quantile(values, 0.7, axis=1)
+    assert level[1] == 0.0 == exact[1]
+    np.testing.assert_allclose(level, exact, rtol=1e-12, atol=0)
+    regions = rule.regions(seen[0])
+    assert bool(regions[:, 1].all())          # level 0: every cell is in the region (m >= 0)
+    for p in (0.0, 0.5, 0.9, 1.0):            # any level, any rank
+        eq = ExactQuantile(4, p, bins=64, gather=gather)
+        while True:
+            for b in seen:
+                eq.update(b)
+            if eq.end_pass():
+                break
+        np.testing.assert_allclose(eq.quantile().numpy(), np.quantile(values, p, axis=1), rtol=1e-12, atol=0)
 
 
 # ---- maps --------------------------------------------------------------------------------------

@@ -105,6 +105,9 @@ class RegionRule:
     def update(self, maps: torch.Tensor) -> None:  # pragma: no cover - trivial
         pass
 
+    def end_pass(self) -> None:  # pragma: no cover - trivial
+        pass
+
     def regions(self, maps: torch.Tensor, filters=None) -> torch.Tensor:
         """Boolean regions of ``maps``; ``filters`` names the filters of axis 1 when it is a subset."""
         raise NotImplementedError
@@ -251,46 +254,190 @@ class StreamingQuantile:
         return self.width.clone()
 
 
+class ExactQuantile:
+    """Per-channel quantiles of a stream of ``N x K x ...`` batches, exactly, in a few passes.
+
+    The result equals ``np.quantile(values_k, p)`` for every channel k (linear interpolation between the
+    order statistics at ranks ``floor(r)`` and ``floor(r) + 1``, ``r = p (n - 1)``), without holding the
+    values:
+
+    1. pass 1 builds a :class:`StreamingQuantile` histogram (``bins`` bins per channel, with each bin's
+       smallest and largest value) and finds the bin of each wanted rank. Binning is monotone in the
+       value, so that bin's values are exactly the values in ``[bmin, bmax]``;
+    2. a rank whose interval holds one distinct value (``bmin == bmax``, e.g. the zeros of a sparse ReLU
+       map when they are more than ``1 - p`` of its cells) is exact at once;
+    3. every later pass counts the values below each open interval exactly and, inside it, gathers the
+       values (at most ``gather`` per search) and reads the rank off the sorted values, or histograms
+       the interval into ``bins`` finer bins and goes on with the one holding the rank.
+
+    Call :meth:`update` on every batch of a pass, then :meth:`end_pass`; repeat while :attr:`done` is
+    False (two passes in practice; every pass must see the same values).
+    """
+
+    MAX_PASSES = 16
+
+    def __init__(self, num_channels: int, p: float, bins: int = 4096, gather: int = 1 << 18,
+                 chunk: int = 16):
+        if not 0.0 <= p <= 1.0:
+            raise CsgError(f"quantile level must be in [0, 1], got {p}")
+        self.k, self.p, self.bins, self.gather, self.chunk = int(num_channels), float(p), int(bins), int(gather), chunk
+        self.first = StreamingQuantile(self.k, self.bins)
+        self.passes = 0
+        self.done = False
+        self.n = None
+        self.values = None          # K x 2 float64: the order statistics at the two ranks
+        self.open = None            # the searches still open (dict of 1-D tensors)
+
+    def update(self, values: torch.Tensor) -> None:
+        if self.done:
+            raise CsgError("exact quantile: every pass is done")
+        if self.passes == 0:
+            self.first.update(values)
+            return
+        o = self.open
+        v = values.detach().transpose(0, 1).reshape(self.k, -1).to(torch.float64)
+        for start in range(0, o["ch"].numel(), self.chunk):  # chunks of searches bound the memory
+            sl = slice(start, start + self.chunk)
+            rows = v[o["ch"][sl]]                                        # S x M
+            a, b = o["a"][sl, None], o["b"][sl, None]
+            o["less"][sl] += (rows < a).sum(dim=1).cpu()
+            inside = (rows >= a) & (rows <= b)
+            gathering = o["gathering"][sl]
+            for s in torch.nonzero(gathering).squeeze(1).tolist():
+                self._gathered[start + s].append(rows[s][inside[s]].cpu())
+            h = torch.nonzero(~gathering).squeeze(1)
+            if h.numel():
+                span = (b[h] - a[h]).clamp(min=torch.finfo(torch.float64).tiny)
+                idx = torch.floor((rows[h] - a[h]) / span * self.bins).clamp(0, self.bins - 1).long()
+                ok = inside[h]
+                slot = o["slot"][sl][h].to(idx.device)
+                flat = (idx + slot[:, None] * self.bins)[ok].cpu()
+                vals = rows[h][ok].cpu()
+                self._counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
+                self._bmin.view(-1).scatter_reduce_(0, flat, vals, reduce="amin")
+                self._bmax.view(-1).scatter_reduce_(0, flat, vals, reduce="amax")
+
+    def _ranks(self) -> torch.Tensor:
+        r = self.p * (self.n - 1).to(torch.float64)
+        lower = torch.floor(r)
+        return torch.stack([lower, torch.minimum(lower + 1, (self.n - 1).to(torch.float64))], dim=1).long()
+
+    def end_pass(self) -> bool:
+        """Close a pass; returns :attr:`done`."""
+        if self.passes == 0:
+            sq = self.first
+            if sq.counts is None:
+                raise CsgError("exact quantile: no values were added")
+            cum = sq.counts.cumsum(dim=1).cpu()
+            self.n = cum[:, -1]
+            ranks = self._ranks()                                        # K x 2
+            j = torch.searchsorted(cum, ranks, right=True).clamp(max=self.bins - 1)
+            self.values = torch.full((self.k, 2), float("nan"), dtype=torch.float64)
+            ch = torch.arange(self.k)[:, None].expand(-1, 2).reshape(-1)
+            which = torch.arange(2).repeat(self.k)
+            self._settle(ch, which, ranks.reshape(-1), sq.bmin.cpu().gather(1, j).reshape(-1),
+                         sq.bmax.cpu().gather(1, j).reshape(-1), sq.counts.cpu().gather(1, j).reshape(-1))
+        else:
+            o = self.open
+            rank_in = o["rank"] - o["less"]                              # 0-based rank inside the interval
+            for s in torch.nonzero(o["gathering"]).squeeze(1).tolist():
+                mine = torch.sort(torch.cat(self._gathered[s])).values
+                self.values[o["ch"][s], o["which"][s]] = mine[int(rank_in[s].clamp(0, mine.numel() - 1))]
+            h = torch.nonzero(~o["gathering"]).squeeze(1)
+            if h.numel():
+                slots = o["slot"][h]
+                counts = self._counts[slots]
+                cum = counts.cumsum(dim=1)
+                j = torch.searchsorted(cum, rank_in[h][:, None], right=True).clamp(max=self.bins - 1)
+                # the next pass counts below the new interval from scratch, so only its bounds carry over
+                self._settle(o["ch"][h], o["which"][h], o["rank"][h], self._bmin[slots].gather(1, j).squeeze(1),
+                             self._bmax[slots].gather(1, j).squeeze(1), counts.gather(1, j).squeeze(1))
+            else:
+                self.open = None
+        self.passes += 1
+        if self.open is not None and self.passes >= self.MAX_PASSES:  # pragma: no cover - cannot happen in float64
+            raise CsgError("exact quantile: the search did not converge; the maps may hold inf or nan")
+        self.done = self.open is None
+        return self.done
+
+    def _settle(self, ch, which, rank, lo, hi, inside) -> None:
+        """Intervals with one distinct value are exact; the others become the next pass's searches."""
+        single = lo == hi
+        self.values[ch[single], which[single]] = lo[single]
+        keep = ~single
+        if not keep.any():
+            self.open = None
+            return
+        gathering = inside[keep] <= self.gather
+        m = int((~gathering).sum())
+        slot = torch.full((int(keep.sum()),), -1, dtype=torch.long)
+        slot[~gathering] = torch.arange(m)
+        self.open = {"ch": ch[keep], "which": which[keep], "rank": rank[keep], "a": lo[keep], "b": hi[keep],
+                     "less": torch.zeros(int(keep.sum()), dtype=torch.long), "gathering": gathering, "slot": slot}
+        self._gathered = [[] for _ in range(int(keep.sum()))]
+        self._counts = torch.zeros(m, self.bins, dtype=torch.long)
+        self._bmin = torch.full((m, self.bins), float("inf"), dtype=torch.float64)
+        self._bmax = torch.full((m, self.bins), float("-inf"), dtype=torch.float64)
+
+    def quantile(self) -> torch.Tensor:
+        """``K`` float64 levels (after the last pass)."""
+        if not self.done:
+            raise CsgError("exact quantile: passes are still pending")
+        r = self.p * (self.n - 1).to(torch.float64)
+        frac = r - torch.floor(r)
+        v_lo, v_hi = self.values[:, 0], self.values[:, 1]
+        return v_lo + frac * (v_hi - v_lo)
+
+
 class DatasetQuantile(RegionRule):
     """``S_k = {p : m_k(p) >= level_k}``, ``level_k = Q_{1-q}`` of filter k's map values over the whole
-    evaluation set (ActivMap, ``q = 0.3``), found with a :class:`StreamingQuantile` (see its precision)."""
+    evaluation set (ActivMap, ``q = 0.3``), equal to ``np.quantile`` of all of filter k's cells
+    (:class:`ExactQuantile`: one histogram pass, then passes over the values near the level).
+
+    When a sparse filter's zeros are more than ``1 - q`` of its cells the level is exactly 0 and the
+    rule's region is every cell (``m >= 0``): that is what the rule says, and it scores such a filter
+    as covering the whole image.
+    """
 
     needs_fit = True
 
-    def __init__(self, q: float = 0.3, bins: int = 4096):
+    def __init__(self, q: float = 0.3, bins: int = 4096, gather: int = 1 << 18):
         if not 0 < q < 1:
             raise CsgError(f"quantile must be in (0, 1), got {q}")
         self.q = float(q)
         self.bins = int(bins)
+        self.gather = int(gather)
         self.reset()
 
     def reset(self) -> None:
-        self._stream = None
+        self._exact = None
         self.levels = None
+        self.needs_fit = True
 
     def update(self, maps: torch.Tensor) -> None:
-        if self._stream is None:
-            self._stream = StreamingQuantile(maps.shape[1], self.bins)
-        self._stream.update(maps)
-        self.levels = None
+        if self._exact is None:
+            self._exact = ExactQuantile(maps.shape[1], 1.0 - self.q, self.bins, self.gather)
+        self._exact.update(maps)
+
+    def end_pass(self) -> None:
+        if self._exact.end_pass():
+            self.levels = self._exact.quantile()
+            self.needs_fit = False
 
     def finish(self) -> torch.Tensor:
         if self.levels is None:
-            self.levels = self._stream.quantile(1.0 - self.q)
+            raise CsgError("ActivMap levels are not fitted; run update() over every evaluation batch, then "
+                           "end_pass(), while needs_fit")
         return self.levels
 
     def regions(self, maps: torch.Tensor, filters=None) -> torch.Tensor:
-        if self._stream is None and self.levels is None:
-            raise CsgError("ActivMap levels are not fitted; call update() on every evaluation batch first")
         levels = self.finish().to(device=maps.device, dtype=maps.dtype)
         if filters is not None:
             levels = levels[torch.as_tensor(filters, dtype=torch.long, device=maps.device).reshape(-1)]
         return maps >= levels.view(1, -1, 1, 1)
 
     def describe(self) -> dict:
-        d = {"rule": "value >= filter's top-q level over the evaluation set", "quantile": self.q,
-             "bins": self.bins}
-        if self._stream is not None:
-            width = self._stream.bin_width()
-            d["level_precision"] = float(width.max())  # max over filters of one bin width
+        d = {"rule": "value >= filter's top-q level over the evaluation set (exact)", "quantile": self.q}
+        if self._exact is not None:
+            d["level_passes"] = self._exact.passes
         return d

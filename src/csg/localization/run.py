@@ -72,9 +72,10 @@ def score_method(method: MapMethod, model, dataset, index: torch.Tensor, *, batc
             it = tqdm(it, total=(index.numel() + bs - 1) // bs, desc=desc, leave=False)
         return it
 
-    if rule.needs_fit:  # first pass: the dataset-wide level per filter
+    while rule.needs_fit:  # the dataset-wide level per filter: a histogram pass, then the values near it
         for _, x, y, _ in loop(f"{method.name} levels"):
             rule.update(method(model, x, y))
+        rule.end_pass()
     c = model.num_classes
     scorer = FilterScores(c, model.num_filters) if method.per_filter else ImageScores(c)
     for _, x, y, m in loop(method.name):
