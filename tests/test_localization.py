@@ -299,3 +299,20 @@ def test_cli_localize_rejects_bad_options_in_one_line(tmp_path, capsys, flags, n
     assert main(["localize", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert named in err and len(err.splitlines()) == 1
+
+
+def test_localize_refuses_an_unconverged_csg_run_unless_allowed(tmp_path):
+    from csg.core.errors import CsgError
+    from csg.localization.run import check_converged
+    from csg.runs.rundir import RunDir
+
+    (tmp_path / "config.json").write_text('{"method": "csg"}')
+    run = RunDir(tmp_path)
+    run.update_metrics({"l1_density": 0.172, "l1_interval": [0.1, 0.1], "gate_fixed": False})
+    with pytest.raises(CsgError, match=r"not converged: L1-density 0.1720 lies outside .* --allow-unconverged"):
+        check_converged(run)
+    assert "scored anyway" in check_converged(run, allow_unconverged=True)
+    run.update_metrics({"l1_density": 0.1150})              # inside [1/C, rho + 0.02]
+    assert check_converged(run) is None
+    run.update_metrics({"l1_density": 0.5, "gate_fixed": True})  # a fixed layout has no convergence to check
+    assert check_converged(run) is None

@@ -17,7 +17,12 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", default=None, help="data folder [the run's]")
     p.add_argument("--split", default="test", choices=("train", "test"), help="split to score")
     p.add_argument("--methods", default="gradmap,activmap,cam", help="comma-separated map methods")
-    p.add_argument("--max-images", type=int, default=None, metavar="N", help="score a seeded random N images")
+    p.add_argument("--max-images", default="1000", metavar="N|all",
+                   help="score a seeded random N images of the split (1000 keeps GradMap of a ResNet-20 within "
+                        "minutes on a CPU; 'all' scores the whole split)")
+    p.add_argument("--allow-unconverged", action="store_true",
+                   help="score a CSG run whose gate L1-density lies outside [1/C, rho + 0.02] (refused by default: "
+                        "its filters are not class-specific yet)")
     p.add_argument("--sigma", type=float, default=None,
                    help="GradMap blur sigma in px [5, the paper; the reference code uses 30 on 128 px]")
     p.add_argument("--threshold", type=float, default=None, help="GradMap region: value > THRESHOLD [1]")
@@ -30,8 +35,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _positive_int(text, flag: str) -> int:
+    from ..core.errors import CsgError
+
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise CsgError(f"{flag} must be a positive number of images or 'all', got {text!r}") from None
+    if value < 1:
+        raise CsgError(f"{flag} must be a positive number of images or 'all', got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import CsgError
+    from ..core.run_files import LOCALIZATION
     from ..localization.run import localize_run
     from ..runs.rundir import RunDir
     from ..core.device import resolve_device
@@ -46,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise CsgError(f"unknown method(s) {', '.join(unknown)} in --methods; choose from {', '.join(METHODS)}")
     if args.batch_size < 1:
         raise CsgError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.max_images is not None and args.max_images < 1:
-        raise CsgError(f"--max-images must be positive, got {args.max_images}")
+    max_images = None if str(args.max_images).lower() == "all" else _positive_int(args.max_images, "--max-images")
     if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma >= 0):
         raise CsgError(f"--sigma must be >= 0 pixels (0 = no blur), got {args.sigma}")
     if args.threshold is not None and not math.isfinite(args.threshold):
@@ -57,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RunDir(args.run)
     result = localize_run(run_dir, args.data, methods, data_dir=args.data_dir, split=args.split,
                           device=resolve_device(args.device), sigma=args.sigma, threshold=args.threshold,
-                          quantile=args.quantile, max_images=args.max_images, batch_size=args.batch_size,
+                          quantile=args.quantile, max_images=max_images, batch_size=args.batch_size,
+                          allow_unconverged=args.allow_unconverged,
                           seed=args.seed, progress=args.progress)
     print(f"{'method':<10} {'avg_iou':>8} {'ap20':>7} {'ap30':>7}   ({result['num_images']} images of {result['data']})")
     for m in methods:
         r = result[m]
         print(f"{m:<10} {r['avg_iou']:>8.4f} {r['ap20']:>7.4f} {r['ap30']:>7.4f}")
-    print(f"wrote {run_dir.path / 'localization.json'}")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    print(f"wrote {run_dir.path / LOCALIZATION}")
     return 0

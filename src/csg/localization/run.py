@@ -4,12 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..core.errors import CsgError
+from ..core.run_files import LOCALIZATION, LOCALIZATION_ARRAYS
 from .maps import METHODS, MapMethod, build_method
 from .scoring import FilterScores, ImageScores, iou
 
+#: the schema of localization.json; localization.npz holds image_index, labels and <method>_ious per image
+SCHEMA = "csg.localization/2"
 #: datasets whose images come with object masks
 MASKED_DATASETS = ("fashion-mnist-clutter", "voc-animals")
 #: map values held at once (N x K x H x W floats), to bound memory on big models
@@ -72,15 +76,19 @@ def score_method(method: MapMethod, model, dataset, index: torch.Tensor, *, batc
             it = tqdm(it, total=(index.numel() + bs - 1) // bs, desc=desc, leave=False)
         return it
 
+    timer = _FirstBatchEstimate(method.name, (index.numel() + bs - 1) // bs, 3 if rule.needs_fit else 1,
+                                index.numel(), enabled=progress)
     while rule.needs_fit:  # the dataset-wide level per filter: a histogram pass, then the values near it
         for _, x, y, _ in loop(f"{method.name} levels"):
             rule.update(method(model, x, y))
+            timer.tick()
         rule.end_pass()
     c = model.num_classes
     scorer = FilterScores(c, model.num_filters) if method.per_filter else ImageScores(c)
     for _, x, y, m in loop(method.name):
         ious = iou(rule.regions(method(model, x, y)), m)
         scorer.update(ious, y)
+        timer.tick()
     names = list(dataset.classes)
     if method.per_filter:
         result = scorer.result(select_ap=method.select_ap, class_names=names)
@@ -88,7 +96,51 @@ def score_method(method: MapMethod, model, dataset, index: torch.Tensor, *, batc
     else:
         result = scorer.result(class_names=names)
     result["settings"] = {**method.describe(), **rule.describe()}
+    result["_image_ious"] = scorer.image_ious()
     return result, rule
+
+
+class _FirstBatchEstimate:
+    """Says, after the first batch, how long a method will take over all its passes."""
+
+    def __init__(self, name: str, batches: int, passes: int, images: int, enabled: bool):
+        import time
+
+        self.name, self.batches, self.passes, self.images, self.enabled = name, batches, passes, images, enabled
+        self.start, self.done, self._time = time.perf_counter(), 0, time.perf_counter
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.enabled and self.done == 1:
+            import sys
+
+            per = self._time() - self.start
+            total = per * self.batches * self.passes
+            print(f"{self.name}: about {_duration(total)} for {self.images} images ({self.passes} pass"
+                  f"{'es' if self.passes > 1 else ''}; first batch {per:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def check_converged(run, *, allow_unconverged: bool = False, slack: float = 0.02) -> str | None:
+    """Refuse a learnable-gate run whose L1-density lies outside ``[1/C, rho + slack]``: its filters are
+    not class-specific yet, so its localization says nothing about the method. Returns a note when
+    ``allow_unconverged`` lets it through."""
+    metrics = run.metrics()
+    density, interval = metrics.get("l1_density"), metrics.get("l1_interval")
+    if density is None or not isinstance(interval, list) or metrics.get("gate_fixed"):
+        return None
+    lo, hi = float(interval[0]), float(interval[1]) + slack
+    if lo - 1e-6 <= float(density) <= hi:
+        return None
+    text = (f"{run.path}'s gate has not converged: L1-density {float(density):.4f} lies outside "
+            f"[1/C, rho + {slack:g}] = [{lo:.4f}, {hi:.4f}]")
+    if not allow_unconverged:
+        raise CsgError(f"{text}; train longer (more epochs or CSG steps) or pass --allow-unconverged to score "
+                       "it anyway")
+    return text + " (scored anyway: --allow-unconverged)"
 
 
 def figure_rows(method: MapMethod, rule, model, dataset, index: torch.Tensor, result: dict, *,
@@ -134,6 +186,8 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
              in_channels: int | None = None) -> dict:
     """Score ``methods`` on ``dataset`` (which must have masks); returns ``{method: scores, "figures": [...]}``.
 
+    ``per_image`` holds the arrays behind the scores (``image_index``, ``labels`` and ``<method>_ious``:
+    N x K per-filter IoUs, or N for CAM), which ``csg compare`` resamples for its intervals.
     Each method's scores hold ``avg_iou``, ``ap20``, ``ap30`` at the top level and under ``total``,
     ``per_class`` rows and its ``settings``; per-filter methods add ``per_filter`` (class, scores).
     With ``figures_dir`` an overlay figure per method is drawn there.
@@ -144,12 +198,15 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
         raise CsgError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     model.eval()
     index = select_images(len(dataset.labels), max_images, seed)
-    out: dict = {"num_images": int(index.numel()), "data": dataset.name}
+    out: dict = {"schema": SCHEMA, "num_images": int(index.numel()), "data": dataset.name,
+                 "image_seed": int(seed), "max_images": max_images}
+    arrays = {"image_index": index.numpy().astype(np.int64), "labels": dataset.labels[index].numpy().astype(np.int64)}
     figures = []
     for name in methods:
         method = build_method(name, sigma=sigma, threshold=threshold, quantile=quantile)
         result, rule = score_method(method, model, dataset, index, batch_size=batch_size, device=device,
                                     progress=progress)
+        arrays[f"{name}_ious"] = result.pop("_image_ious")
         out[name] = result
         if figures_dir is not None:
             from .figures import overlay_grid
@@ -164,11 +221,13 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
                                        f"mask and the predicted region (avg IoU {result['avg_iou']:.3f}, "
                                        f"AP20 {result['ap20']:.3f}, AP30 {result['ap30']:.3f})."})
     out["figures"] = figures
+    out["per_image"] = arrays
     return out
 
 
 def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradmap", "activmap", "cam"), *,
-                 data_dir: str | None = None, split: str = "test", device="cpu", **options) -> dict:
+                 data_dir: str | None = None, split: str = "test", device="cpu", allow_unconverged: bool = False,
+                 **options) -> dict:
     """``csg localize``: load the run's model and the masked dataset, score, write ``RUN/localization.json``."""
     from ..data import load_dataset
 
@@ -177,12 +236,15 @@ def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradma
     if name not in MASKED_DATASETS:
         raise CsgError(f"dataset {name!r} has no object masks; localization needs one of: "
                        f"{', '.join(MASKED_DATASETS)} (pass it with --data)")
+    note = check_converged(run, allow_unconverged=allow_unconverged)
     dataset = load_dataset(name, split=split, data_dir=data_dir if data_dir is not None else cfg.get("data_dir"))
     model = run.load_model(device)
     result = localize(model, dataset, methods, device=device, figures_dir=run.figures_dir,
                       in_channels=cfg.get("in_channels"), **options)
     result["split"] = split
-    run.write_json("localization.json", result)
+    result["notes"] = [note] if note else []
+    run.write_npz(LOCALIZATION_ARRAYS, **result.pop("per_image"))
+    run.write_json(LOCALIZATION, result)
     summary = {f"loc_{m}_{k}": result[m][k] for m in methods for k in ("avg_iou", "ap20", "ap30")}
     run.update_metrics(summary)
     return result

@@ -50,9 +50,11 @@ class FilterScores:
         self.iou_sum = torch.zeros(self.c, self.k, dtype=torch.float64)
         self.hits = {n: torch.zeros(self.c, self.k, dtype=torch.float64) for n in self.levels}
         self.count = torch.zeros(self.c, dtype=torch.float64)
+        self.per_image: list[torch.Tensor] = []   # N x K float32, for paired resampling by csg compare
 
     def update(self, ious: torch.Tensor, labels: torch.Tensor) -> None:
         ious = ious.detach().to("cpu", torch.float64)
+        self.per_image.append(ious.float())
         labels = labels.detach().to("cpu", torch.long)
         if ious.shape != (labels.numel(), self.k):
             raise CsgError(f"expected IoU of shape ({labels.numel()}, {self.k}), got {tuple(ious.shape)}")
@@ -69,6 +71,9 @@ class FilterScores:
         for n in self.levels:
             out[f"ap{n}"] = torch.where(denom > 0, self.hits[n] / denom.clamp(min=1), nan).numpy()
         return out
+
+    def image_ious(self) -> np.ndarray:
+        return torch.cat(self.per_image).numpy() if self.per_image else np.zeros((0, self.k), np.float32)
 
     def result(self, select_ap: int = 30, class_names: Sequence[str] | None = None) -> dict:
         return score_filters(self.tables(), select_ap=select_ap, class_names=class_names,
@@ -144,6 +149,9 @@ class ImageScores:
         self.ious.append(ious.detach().to("cpu", torch.float64).reshape(-1))
         self.labels.append(labels.detach().to("cpu", torch.long).reshape(-1))
 
+    def image_ious(self) -> np.ndarray:
+        return torch.cat(self.ious).float().numpy() if self.ious else np.zeros(0, np.float32)
+
     def result(self, class_names: Sequence[str] | None = None) -> dict:
         ious = torch.cat(self.ious) if self.ious else torch.zeros(0, dtype=torch.float64)
         labels = torch.cat(self.labels) if self.labels else torch.zeros(0, dtype=torch.long)
@@ -174,3 +182,12 @@ def score_images(ious, labels, num_classes: int, class_names: Sequence[str] | No
     out["per_class"] = per_class
     out["num_images"] = int(ious.size)
     return out
+
+
+def totals_from_image_ious(ious: np.ndarray, labels: np.ndarray, num_classes: int, select_ap: int | None) -> dict:
+    """The totals (``avg_iou``, ``ap20``, ``ap30``) from stored per-image IoUs: ``N x K`` for a per-filter
+    method (``select_ap`` its class-selection level), ``N`` for CAM (``select_ap=None``). Used by
+    ``csg compare`` to resample test images."""
+    if np.asarray(ious).ndim == 2:
+        return score_filters(filter_tables(ious, labels, num_classes), select_ap=select_ap or 30)["total"]
+    return score_images(ious, labels, num_classes)["total"]
