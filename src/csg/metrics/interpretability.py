@@ -93,3 +93,25 @@ def gate_mi_agreement(gate, mi_matrix) -> float:
     if g.ndim != 2 or m.ndim != 2 or g.shape != m.T.shape:
         raise CsgError(f"gate_mi_agreement: gate {g.shape} must be C x K and the MI matrix {m.shape} K x C")
     return float((g.argmax(axis=0) == m.argmax(axis=1)).mean())
+
+
+def gate_activation_agreement(gate, pooled, labels) -> float:
+    """Share of filters whose argmax class in ``G`` (C x K) is the class of their largest mean pooled
+    activation (``argmax_c mean_{i: y_i = c} a_ik``).
+
+    MI is unsigned: a filter silent on one class and active on all others has its largest MI with the
+    silent class; this agreement asks the signed question, "which class does the filter fire for".
+    """
+    g = _as_numpy(gate)
+    a = _as_numpy(pooled).astype(np.float64)
+    y = _as_numpy(labels).astype(np.int64)
+    if g.ndim != 2 or a.ndim != 2 or g.shape[1] != a.shape[1] or a.shape[0] != y.shape[0]:
+        raise CsgError(f"gate_activation_agreement: gate {g.shape} must be C x K, pooled {a.shape} N x K "
+                       f"and labels {y.shape} N")
+    C = g.shape[0]
+    onehot = np.zeros((y.size, C))
+    onehot[np.arange(y.size), y] = 1.0
+    counts = onehot.sum(axis=0)
+    means = (onehot.T @ a) / np.maximum(counts, 1)[:, None]
+    means[counts == 0] = -np.inf
+    return float((g.argmax(axis=0) == means.argmax(axis=0)).mean())

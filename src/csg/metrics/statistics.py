@@ -1,0 +1,129 @@
+"""Intervals for the comparisons csg reports: paired differences over seeds, bootstraps over test items,
+and binomial proportions.
+
+* :func:`paired_t_interval`: the mean of paired differences ``d_s`` (one per seed) with its 95%
+  t interval ``mean +- t_{0.975, n-1} * sd / sqrt(n)``.
+* :func:`paired_bootstrap_interval`: one seed, items shared by both runs (the same test images):
+  resample item indices with replacement, recompute the difference of a statistic, percentile interval.
+* :func:`subsample_interval`: for statistics that duplicates would bias (the k-nearest-neighbour MI
+  behind MIS: a resampled duplicate sits at distance 0 from itself), subsamples of ``m`` items drawn
+  without replacement, their spread rescaled by ``sqrt(m / (n - m))`` - the finite-population factor
+  that makes it exact for a mean (``Var = s^2 (n - m) / (m n)``); with ``m = n/2`` it is 1 (half-sampling,
+  the delete-d jackknife with ``d = n/2``).
+* :func:`independent_bootstrap_interval`: one seed, items not shared (each model's own successful
+  adversarial pairs): each side resampled on its own.
+* :func:`wilson_interval`: a success rate ``k / n`` with its 95% Wilson score interval.
+
+Every interval is returned as a :class:`Interval` (mean, low, high, n, kind), so a reader can say whether
+it excludes 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..core.errors import CsgError
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n: int
+    kind: str
+
+    @property
+    def excludes_zero(self) -> bool:
+        return bool(np.isfinite(self.low) and np.isfinite(self.high) and (self.low > 0 or self.high < 0))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "excludes_zero": self.excludes_zero}
+
+
+def paired_t_interval(differences, level: float = 0.95) -> Interval:
+    """Mean of the paired differences and its t interval (``n - 1`` degrees of freedom); n = 1 gives NaN bounds."""
+    from scipy import stats
+
+    d = np.asarray([x for x in differences if x is not None and np.isfinite(x)], dtype=np.float64)
+    n = d.size
+    if n == 0:
+        raise CsgError("a paired interval needs at least one pair")
+    mean = float(d.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n, "t")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n, "t")
+
+
+def _percentile(mean: float, draws: np.ndarray, n: int, kind: str, level: float) -> Interval:
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return Interval(mean, math.nan, math.nan, n, kind)
+    lo, hi = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2])
+    return Interval(mean, float(lo), float(hi), n, kind)
+
+
+def paired_bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, *, reps: int = 2000,
+                              seed: int = 0, level: float = 0.95) -> Interval:
+    """``statistic(idx)`` is the difference (method minus baseline) on the items ``idx``; items are shared.
+
+    Percentile interval of ``reps`` resamples of ``n_items`` indices drawn with replacement.
+    """
+    rng = np.random.default_rng(seed)
+    mean = float(statistic(np.arange(n_items)))
+    draws = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(reps)])
+    return _percentile(mean, draws, n_items, "bootstrap", level)
+
+
+def paired_bootstrap_mean_difference(a, b, *, reps: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
+    """``mean(a) - mean(b)`` for per-item values on the same items, vectorised over resamples."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = d.size
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(reps, n))
+    return _percentile(float(d.mean()), d[idx].mean(axis=1), n, "bootstrap", level)
+
+
+def independent_bootstrap_mean_difference(a, b, *, reps: int = 2000, seed: int = 0,
+                                          level: float = 0.95) -> Interval:
+    """``mean(a) - mean(b)`` for per-item values of two different item sets, each resampled on its own."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    da = a[rng.integers(0, a.size, size=(reps, a.size))].mean(axis=1)
+    db = b[rng.integers(0, b.size, size=(reps, b.size))].mean(axis=1)
+    return _percentile(float(a.mean() - b.mean()), da - db, min(a.size, b.size), "bootstrap (independent)", level)
+
+
+def subsample_interval(statistic: Callable[[np.ndarray], float], n_items: int, *, reps: int = 200,
+                       fraction: float = 0.5, seed: int = 0, level: float = 0.95) -> Interval:
+    """Subsamples without replacement (``m = fraction * n``) for a statistic that duplicated items would
+    bias; with ``c = sqrt(m / (n - m))`` the interval is ``[t - c (q_hi - t), t - c (q_lo - t)]``."""
+    rng = np.random.default_rng(seed)
+    m = max(2, int(round(fraction * n_items)))
+    mean = float(statistic(np.arange(n_items)))
+    draws = np.array([statistic(np.sort(rng.choice(n_items, m, replace=False))) for _ in range(reps)])
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return Interval(mean, math.nan, math.nan, n_items, "subsample")
+    q_lo, q_hi = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2])
+    scale = math.sqrt(m / max(n_items - m, 1))
+    return Interval(mean, float(mean - scale * (q_hi - mean)), float(mean - scale * (q_lo - mean)), n_items,
+                    "subsample")
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> Interval:
+    """``k / n`` with the Wilson score interval ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``."""
+    k, n = int(successes), int(trials)
+    if n <= 0 or not 0 <= k <= n:
+        raise CsgError(f"a success rate needs 0 <= successes <= trials and trials > 0, got {k} of {n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, "wilson")
