@@ -1,39 +1,29 @@
-"""``csg compare RUN... --out DIR``: a Table-1-style comparison of several runs.
+"""``csg compare RUN... --out DIR``: the comparison page of several runs (data: :mod:`.comparison`).
 
-One row per (data, arch, method); runs of the same method with different seeds
-are aggregated as mean ± sample std. Columns: accuracy, MIS, the share of STD's
-gap to the ceiling that the method closes,
-
-    gap closed = (MIS - MIS_std) / (ceiling - MIS_std)
-
-(``MIS_std`` = mean MIS of the STD runs on the same data and arch; ceiling =
-metrics ``mis_ceiling`` if present, else ``H(1/C)``), gate-MI agreement, and
-L1-density with its interval ``[1/C, rho]``. The published CIFAR-10 rows of
-Table 1 are shown beside as a reference, and the gate, MI matrix, correlation and removal figures of every
-run are placed side by side. When runs have ``localization.json`` or
-``adversarial.json``, a Localization section (GradMap / ActivMap / CAM
-Avg-IoU, AP20, AP30 per method, the paper's VOC totals, overlay figures run by
-run) and an Adversarial section (clean accuracy, detector error per attack and
-training size, black-box success rates, the paper's Tables 3 and 4, figures
-run by run) follow the main table.
+Sections: Table 1 (one row per data, arch and method, seeds as mean ± std: accuracy, MIS, gap closed,
+both gate agreements, L1-density with its interval, training time; the paper's CIFAR-10 rows beside);
+each method's paired difference from STD with its 95% interval, marking the ones that exclude 0; the
+localization and adversarial results when the runs have them (with the paper's tables as reference
+rows); the runs with links to their reports and atlases; summary figures; and the gate, MI, correlation,
+removal, localization and adversarial figures of every run side by side. Writes ``index.html``,
+``comparison.json`` (schema ``csg.comparison/2``) and ``figures/``.
 """
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..core.errors import CsgError
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..core.run_files import ATLAS_DIR, FIGURES, MI_MATRIX, REPORT_DIR
 from ..metrics import mis_ceiling
 from . import figures as F
 from . import html as H
 from . import sections as S
-from .run_report import _read_json, matrix_figures
-from .sections import num as _num
+from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, RunResults, compare
+from .run_report import matrix_figures
 
 
 def _paper_rows() -> list[dict]:
@@ -48,134 +38,55 @@ def _paper_rows() -> list[dict]:
 
 
 PAPER_TABLE1_CIFAR10 = _paper_rows()
+LOC_LABELS = {"gradmap": "GradMap", "activmap": "ActivMap", "cam": "CAM"}
+METRIC_LABELS = {"avg_iou": "Avg-IoU", "ap20": "AP20", "ap30": "AP30"}
 
 
-def localization_totals(data: dict | None) -> dict[str, float]:
-    """``{"gradmap.avg_iou": ..., "gradmap.ap20": ..., "gradmap.ap30": ..., ...}`` from localization.json, read
-    defensively: each method's totals under ``total``/``overall``/``all`` (or the method's dict itself);
-    metrics that are missing are left out."""
-    out: dict[str, float] = {}
-    for key, _label in S.LOC_METHODS:
-        for metric, value in S.loc_total(data, key).items():
-            if value is not None:
-                out[f"{key}.{metric}"] = value
-    return out
-
-
-def detection_errors(data: dict | None) -> dict[str, float]:
-    """``{"fgsm.500": mean error, ...}`` from adversarial.json's ``detection`` entry."""
-    return {f"{a}.{n}": cell[0] for a, cells in S.detection_cells(data).items() for n, cell in cells.items()}
-
-
-def detection_spreads(data: dict | None) -> dict[str, float]:
-    """``{"fgsm.500": spread over the detector's repeats, ...}`` where adversarial.json gives one."""
-    return {f"{a}.{n}": cell[1] for a, cells in S.detection_cells(data).items() for n, cell in cells.items()
-            if cell[1] is not None}
-
-
-class _Run:
-    def __init__(self, path: Path):
-        from ..runs.rundir import RunDir
-
-        self.run = RunDir(path)
-        self.path = Path(path)
-        self.cfg = self.run.config
-        self.metrics = self.run.metrics()
-        self.method = str(self.cfg.get("method", self.metrics.get("method", "?")))
-        self.data = str(self.cfg.get("data", "?"))
-        self.arch = str(self.cfg.get("arch", "?"))
-        self.seed = self.cfg.get("seed")
-        self.analysis = _read_json(self.path / "analysis.json") if self.run.has("analysis.json") else None
-        self.localization_json = _read_json(self.path / "localization.json") if self.run.has(
-            "localization.json") else None
-        self.adversarial_json = _read_json(self.path / "adversarial.json") if self.run.has(
-            "adversarial.json") else None
-        self.localization = localization_totals(self.localization_json)
-        self.detection = detection_errors(self.adversarial_json)
-        self.detection_spread = detection_spreads(self.adversarial_json)
-        self.blackbox = {k: v for k, v in S.blackbox_rates(self.adversarial_json).items() if v is not None}
-        self.adv_clean_accuracy = _num((self.adversarial_json or {}).get("clean_accuracy"))
-        self.label = self.path.resolve().name
-        C = self.metrics.get("num_classes") or self.cfg.get("num_classes")
-        if not C and self.run.has("mi_matrix.npy"):
-            C = self.run.mi_matrix().shape[1]
-        self.num_classes = int(C) if C else None
-
-    def values(self) -> dict[str, float | None]:
-        m = self.metrics
-        C = self.num_classes
-        ceiling = _num(m.get("mis_ceiling")) or (mis_ceiling(num_classes=C) if C and C > 1 else None)
-        rho = _num(m.get("rho")) or _num(self.cfg.get("rho"))
-        interval = m.get("l1_interval") if isinstance(m.get("l1_interval"), list) else None
-        if rho is None and interval and len(interval) == 2:
-            rho = _num(interval[1])
-        if rho is None and C and _num(m.get("l1_density")) is not None:
-            rho = 1.0 / C  # the method's default density when none was set
-        out = {"accuracy": _num(m.get("accuracy")), "mis": _num(m.get("mis")), "mis_ceiling": ceiling,
-               "gate_mi_agreement": _num(m.get("gate_mi_agreement")), "l1_density": _num(m.get("l1_density")),
-               "interval_low": (1.0 / C) if C and _num(m.get("l1_density")) is not None else None,
-               "interval_high": rho if _num(m.get("l1_density")) is not None else None}
-        out.update(self.localization)
-        out.update({f"detection.{k}": v for k, v in self.detection.items()})
-        out.update({f"blackbox.{k}": v for k, v in self.blackbox.items()})
-        if self.adv_clean_accuracy is not None:
-            out["adversarial_clean_accuracy"] = self.adv_clean_accuracy
-        if self.analysis:
-            out["c_ic"] = _num(self.analysis.get("correlation", {}).get("c_ic"))
-        return out
-
-
-def _unique_labels(runs: list[_Run]) -> None:
-    seen: dict[str, int] = {}
-    for r in runs:
-        base = r.label
-        if sum(x.label == base for x in runs) > 1:
-            base = f"{r.path.resolve().parent.name}-{r.label}"
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        r.label = base if n == 0 else f"{base}-{n + 1}"
-        r.slug = re.sub(r"[^A-Za-z0-9._-]+", "_", r.label)
-
-
-def _aggregate(values: list[float | None]) -> dict[str, float | int | None]:
-    v = np.array([x for x in values if x is not None], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
-
-
-def _pm(agg: dict | None, digits: int = 4) -> str:
+def _pm(agg: dict | None, digits: int = 4, scale: float = 1.0) -> str:
     if not agg or agg.get("mean") is None:
         return "–"
-    text = H.fmt(agg["mean"], digits)
+    text = H.fmt(agg["mean"] * scale, digits)
     if agg.get("std") is not None:
-        text += f" ± {H.fmt(agg['std'], digits)}"
+        text += f" ± {H.fmt(agg['std'] * scale, digits)}"
     return text
 
 
-def _pct_agg(agg: dict | None, single_spread: float | None = None, digits: int = 2) -> str:
-    """A share as percent, mean ± std over the runs; for a single run, ± ``single_spread`` (its repeats)."""
-    if not agg or agg.get("mean") is None:
+def _signed(x: float | None, digits: int, scale: float) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x * scale:+.{digits}f}"
+
+
+def difference_cell(d: dict | None, digits: int = 4, scale: float = 1.0) -> str:
+    """``+0.0123 [+0.0040, +0.0206]`` with a mark when the interval excludes 0 (HTML)."""
+    if d is None:
         return "–"
-    spread = agg.get("std") if agg.get("n", 0) > 1 else single_spread
-    return S.pct_pm(agg["mean"], spread, digits)
+    text = _signed(d["mean"], digits, scale)
+    if np.isfinite(d["low"]) and np.isfinite(d["high"]):
+        text += f" [{_signed(d['low'], digits, scale)}, {_signed(d['high'], digits, scale)}]"
+    else:
+        text += " [no interval]"
+    if d.get("excludes_zero"):
+        return f'<strong title="the 95% interval excludes 0">{H.esc(text)} ✓</strong>'
+    return H.esc(text)
 
 
-def _attack_order(key: str):
-    attack, _, size = key.partition(".")
-    order = {"fgsm": 0, "pgd": 1, "cw": 2}
-    try:
-        n = int(size)
-    except ValueError:
-        n = 1 << 62
-    return (order.get(attack, 9), attack, n, size)
+def metric_label(key: str) -> str:
+    if key in MAIN_METRICS:
+        return MAIN_METRICS[key][0]
+    if key.startswith("loc."):
+        _, m, which = key.split(".")
+        return f"{LOC_LABELS.get(m, m)} {METRIC_LABELS.get(which, which)}"
+    if key.startswith("detection."):
+        _, attack, size = key.split(".", 2)
+        return f"{attack} detector error @{size}/class"
+    if key.startswith("blackbox."):
+        return f"{key.split('.', 1)[1]} success"
+    return key
 
 
-def _copied_figures(r: "_Run", data: dict | None, figdir: Path) -> list[tuple[str, Path, str]]:
-    """Copy the figures a run's JSON lists into the comparison's folder: ``[(name, copy, caption)]``."""
+def _copied_figures(r: RunResults, data: dict | None, figdir: Path) -> list[tuple[str, Path, str]]:
+    """Copy the figures a run's result lists into the comparison's folder: ``[(name, copy, caption)]``."""
     got = []
     for fig in (data or {}).get("figures", []) or []:
-        fig = {"path": fig} if isinstance(fig, str) else fig
         if not isinstance(fig, dict) or not isinstance(fig.get("path"), str):
             continue
         src = r.path / fig["path"]
@@ -183,264 +94,261 @@ def _copied_figures(r: "_Run", data: dict | None, figdir: Path) -> list[tuple[st
         dst = figdir / f"{r.slug}_{name}"
         if src.is_file():
             atomic_write_bytes(dst, src.read_bytes())
-        got.append((name, dst, str(fig.get("caption", name))))
+            got.append((name, dst, str(fig.get("caption", name))))
     return got
 
 
-def _paired(runs: list["_Run"], attr: str, out: Path, figdir: Path, command: str,
-            fig_entries: list[dict]) -> str:
-    """One ``.pair`` row per figure name, one column per run that has the result; a method none of whose
-    runs has it gets one visible note with the command (seeds without it are not listed one by one)."""
-    methods_with = {(r.data, r.arch, r.method) for r in runs if getattr(r, attr) is not None}
-    seen: set = set()
-    shown = []
+def _paired_figures(runs: list[RunResults], attr: str, out: Path, figdir: Path, command: str,
+                    fig_entries: list[dict]) -> str:
+    """One row per figure name, one column per run with the result; a method none of whose runs has it
+    gets one note with the command."""
+    have = {(r.data, r.arch, r.method) for r in runs if getattr(r, attr) is not None}
+    shown, seen = [], set()
     for r in runs:
         key = (r.data, r.arch, r.method)
-        if getattr(r, attr) is not None or (key not in methods_with and key not in seen):
+        if getattr(r, attr) is not None or (key not in have and key not in seen):
             shown.append(r)
             seen.add(key)
-    runs = shown
     by_name: "OrderedDict[str, dict[str, tuple[Path, str]]]" = OrderedDict()
-    for r in runs:
+    for r in shown:
         for name, dst, caption in _copied_figures(r, getattr(r, attr), figdir):
             by_name.setdefault(name, {})[r.label] = (dst, caption)
-    html_rows = []
+    rows = []
     for name, per in by_name.items():
         cells = []
-        for r in runs:
+        for r in shown:
             if r.label in per:
                 dst, caption = per[r.label]
                 cells.append(H.figure(dst, out, f"{r.label} ({r.method}): {caption}"))
-                if dst.is_file():
-                    fig_entries.append({"path": dst.relative_to(out).as_posix(), "caption": f"{r.label}: {caption}"})
+                fig_entries.append({"path": dst.relative_to(out).as_posix(), "caption": f"{r.label}: {caption}"})
             elif getattr(r, attr) is None:
                 cells.append(f'<figure><div class="missing">{H.esc(r.label)}: run <code>csg {command} '
                              f"{H.esc(r.path)}</code></div></figure>")
-            else:
-                cells.append(f'<figure><div class="missing">{H.esc(r.label)}: no {H.esc(name)}</div></figure>')
-        html_rows.append('<div class="pair">' + "".join(cells) + "</div>")
-    return "".join(html_rows)
+        rows.append('<div class="pair">' + "".join(cells) + "</div>")
+    return "".join(rows)
 
 
-def _result_sections(runs: list["_Run"], rows: list[dict], per_run: dict, out: Path,
-                     figdir: Path) -> tuple[list[str], list[dict]]:
-    """The Localization and Adversarial sections, STD and CSG side by side: a table per section with the
-    paper's figures as reference rows, then each figure of the runs paired run by run."""
-    sections: list[str] = []
-    fig_entries: list[dict] = []
-
-    # ---- localization
-    loc_cols = [(f"{k}.{m}", f"{lab} {mlab}") for k, lab in S.LOC_METHODS for m, mlab in S.LOC_METRICS
-                if any(per_run[r.label].get(f"{k}.{m}") is not None for r in runs)]
-    if loc_cols:
-        trows, classes = [], []
-        for row in rows:
-            n_with = max(row["values"].get(c, {}).get("n") or 0 for c, _ in loc_cols)  # runs that were localized
-            trows.append([H.esc(row["method"]), H.esc(row["data"]), H.esc(row["arch"]), str(n_with)]
-                         + [_pm(row["values"].get(c)) for c, _ in loc_cols])
-            classes.append("")
-        for which in ("csg", "std"):
-            ref = S.PAPER_LOCALIZATION_VOC[which]
-            trows.append([f"{which} (paper)", "PASCAL VOC animals", "ResNet-152", "paper"]
-                         + [H.fmt(ref.get(c.split(".")[0], {}).get(c.split(".")[1])) for c, _ in loc_cols])
-            classes.append("ref")
-        inner = ('<p class="note">Totals of <code>csg localize</code> (METHOD.md section 5), mean ± sample std '
-                 "over the runs of each method. Italic rows: the paper's VOC / ResNet-152 totals, for scale.</p>"
-                 + H.table(["method", "data", "arch", "runs"] + [lab for _, lab in loc_cols], trows,
-                           row_classes=classes, raw=True)
-                 + _paired(runs, "localization_json", out, figdir, "localize", fig_entries))
-        sections.append(H.section("Localization (localization.json), run by run", inner, anchor="localization"))
-
-    # ---- adversarial
-    det_cols = sorted({k[len("detection."):] for r in runs for k in per_run[r.label] if k.startswith("detection.")},
-                      key=_attack_order)
-    bb_cols = sorted({k[len("blackbox."):] for r in runs for k in per_run[r.label] if k.startswith("blackbox.")})
-    has_acc = any(per_run[r.label].get("adversarial_clean_accuracy") is not None for r in runs)
-    if det_cols or bb_cols or has_acc:
-        by_label = {r.label: r for r in runs}
-        trows, classes = [], []
-        for row in rows:
-            v = row["values"]
-
-            def repeat_spread(col: str) -> float | None:
-                # the detector's own spread, when a single run of the row has this result
-                have = [by_label[m] for m in row["runs"] if col in by_label[m].detection]
-                return have[0].detection_spread.get(col) if len(have) == 1 else None
-
-            n_with = max(v.get(k, {}).get("n") or 0 for k in ["adversarial_clean_accuracy"]
-                         + [f"detection.{c}" for c in det_cols] + [f"blackbox.{c}" for c in bb_cols])
-            trows.append([H.esc(row["method"]), H.esc(row["data"]), str(n_with),
-                          _pct_agg(v.get("adversarial_clean_accuracy"))]
-                         + [_pct_agg(v.get(f"detection.{c}"), repeat_spread(c)) for c in det_cols]
-                         + [_pct_agg(v.get(f"blackbox.{c}"), None, 1) for c in bb_cols])
-            classes.append("")
-        for which in ("std", "csg"):
-            det_ref = S.PAPER_DETECTION_CIFAR10[which]
-            bb_ref = S.PAPER_BLACKBOX_CIFAR10[which]
-            cells = []
-            for c in det_cols:
-                attack, _, size = c.partition(".")
-                sizes = dict(zip(S.PAPER_DETECTION_SIZES, det_ref.get(attack, ())))
-                cells.append(f"{sizes[size]:.2f}" if size in sizes else "–")
-            trows.append([f"{which} (paper)", "CIFAR-10 (ResNet-20)", "paper", f"{bb_ref['clean_accuracy']:.2f}"]
-                         + cells + [f"{bb_ref[c]:.1f}" if c in bb_ref else "–" for c in bb_cols])
-            classes.append("ref")
-        headers = (["method", "data", "runs", "clean accuracy %"]
-                   + [f"{c.partition('.')[0]} detector error % @{c.partition('.')[2]}/class" for c in det_cols]
-                   + [f"{c} success %" for c in bb_cols])
-        inner = ('<p class="note">Results of <code>csg attack</code> (METHOD.md section 6): random-forest '
-                 "detector error per white-box attack and training images per class, and black-box success "
-                 "rates. Mean ± sample std over the runs of a method; where one run has the result, ± the "
-                 "spread over the detector's seeded repeats. Italic rows: the paper's CIFAR-10 / ResNet-20 Tables 3 "
-                 "and 4.</p>"
-                 + H.table(headers, trows, row_classes=classes, raw=True)
-                 + _paired(runs, "adversarial_json", out, figdir, "attack", fig_entries))
-        sections.append(H.section("Adversarial detection error and black-box attacks (adversarial.json), "
-                                  "run by run", inner, anchor="adversarial"))
-    return sections, fig_entries
-
-
-def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
-    """Write ``out/index.html``, ``out/comparison.json`` and ``out/figures/``; returns the page's path."""
-    if not paths:
-        raise CsgError("no runs given; usage: csg compare RUN [RUN ...] --out DIR")
-    runs = [_Run(Path(p)) for p in paths]
-    _unique_labels(runs)
-    out = Path(out)
-    figdir = out / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
-
-    per_run = {r.label: r.values() for r in runs}
-    # STD baseline per (data, arch), falling back to the same data
-    std_mis: dict[tuple[str, str], float] = {}
-    for key in {(r.data, r.arch) for r in runs}:
-        vals = [per_run[r.label]["mis"] for r in runs if r.method == "std" and (r.data, r.arch) == key]
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            vals = [per_run[r.label]["mis"] for r in runs if r.method == "std" and r.data == key[0]
-                    and per_run[r.label]["mis"] is not None]
-        if vals:
-            std_mis[key] = float(np.mean(vals))
-    for r in runs:
-        v = per_run[r.label]
-        base = std_mis.get((r.data, r.arch))
-        if base is not None and v["mis"] is not None and v["mis_ceiling"] is not None and v["mis_ceiling"] > base:
-            v["gap_closed"] = (v["mis"] - base) / (v["mis_ceiling"] - base)
-        else:
-            v["gap_closed"] = None
-
-    # group: STD first, then the order of appearance
-    groups: "OrderedDict[tuple[str, str, str], list[_Run]]" = OrderedDict()
-    for r in sorted(runs, key=lambda r: (r.method != "std",)):
-        groups.setdefault((r.data, r.arch, r.method), []).append(r)
-    keys = sorted({k for v in per_run.values() for k, x in v.items() if x is not None})
+def _differences_table(diffs: list[dict], metrics: list[str], *, scale: float = 1.0, digits: int = 4) -> str:
+    """Rows: method (vs STD); columns: metrics; cells: mean difference [95% interval]."""
+    methods = list(OrderedDict.fromkeys((d["data"], d["arch"], d["method"]) for d in diffs))
+    metrics = [m for m in metrics if any(d["metric"] == m for d in diffs)]
+    if not methods or not metrics:
+        return ""
+    index = {(d["data"], d["arch"], d["method"], d["metric"]): d for d in diffs}
     rows = []
-    for (data, arch, method), members in groups.items():
-        agg = {k: _aggregate([per_run[m.label].get(k) for m in members]) for k in keys}
-        rows.append({"method": method, "data": data, "arch": arch, "runs": [m.label for m in members],
-                     "seeds": [m.seed for m in members], "values": agg})
+    for data, arch, method in methods:
+        cells = [H.esc(f"{method} − std"), H.esc(data), H.esc(arch)]
+        basis = set()
+        for m in metrics:
+            d = index.get((data, arch, method, m))
+            cells.append(difference_cell(d, digits, scale))
+            if d is not None:
+                basis.add(f"{d['kind']}, n={d['n']}")
+        cells.append(H.esc("; ".join(sorted(basis))))
+        rows.append(cells)
+    return H.table(["difference", "data", "arch"] + [metric_label(m) for m in metrics] + ["interval from"], rows,
+                   raw=True)
 
-    # ---- the main table
-    # localization and adversarial results have their own sections below
+
+def _table1(rows: list[dict]) -> str:
     headers = ["method", "data", "arch", "runs", "accuracy", "MIS", "gap closed vs STD", "gate-MI agreement",
-               "L1-density", "interval [1/C, rho]"]
-    table_rows, classes = [], []
+               "gate-activation agreement", "L1-density", "interval [1/C, rho]", "training time (s)"]
+    body, classes = [], []
     for row in rows:
         a = row["values"]
         lo, hi = a.get("interval_low", {}).get("mean"), a.get("interval_high", {}).get("mean")
-        interval = f"[{H.fmt(lo, 3)}, {H.fmt(hi, 3)}]" if lo is not None else "–"
-        gap = "0 (baseline)" if row["method"] == "std" else _pm(a.get("gap_closed"), 3)
-        table_rows.append([H.esc(row["method"]), H.esc(row["data"]), H.esc(row["arch"]), str(len(row["runs"])),
-                           _pm(a.get("accuracy")), _pm(a.get("mis")), gap, _pm(a.get("gate_mi_agreement"), 3),
-                           _pm(a.get("l1_density")), interval])
+        body.append([H.esc(row["method"]), H.esc(row["data"]), H.esc(row["arch"]), str(len(row["runs"])),
+                     _pm(a.get("accuracy")), _pm(a.get("mis")),
+                     "0 (baseline)" if row["method"] == "std" else _pm(a.get("gap_closed"), 1, 100) + " %",
+                     _pm(a.get("gate_mi_agreement"), 3), _pm(a.get("gate_activation_agreement"), 3),
+                     _pm(a.get("l1_density")), f"[{H.fmt(lo, 3)}, {H.fmt(hi, 3)}]" if lo is not None else "–",
+                     _pm(a.get("training_seconds"), 0)])
         classes.append("")
     for ref in PAPER_TABLE1_CIFAR10:
-        table_rows.append([H.esc(ref["method"]), ref["data"], ref["arch"], "paper", H.fmt(ref["accuracy"]),
-                           H.fmt(ref["mis"]), "0 (baseline)" if ref["method"].startswith("std") else H.fmt(ref["gap_closed"], 3),
-                           "–", H.fmt(ref["l1_density"]), ref["interval"]])
+        body.append([H.esc(ref["method"]), ref["data"], ref["arch"], "paper", H.fmt(ref["accuracy"]),
+                     H.fmt(ref["mis"]), "0 (baseline)" if ref["method"].startswith("std")
+                     else H.fmt(100 * ref["gap_closed"], 1) + " %", "–", "–", H.fmt(ref["l1_density"]),
+                     ref["interval"], "200 epochs"])
         classes.append("ref")
-    body = [H.section("Table 1: accuracy and interpretability",
-                      '<p class="note">Mean ± sample standard deviation over the runs of each method. Gap closed '
-                      "= (MIS − MIS<sub>STD</sub>) / (ceiling − MIS<sub>STD</sub>), ceiling = metrics "
-                      "<code>mis_ceiling</code> or H(1/C). Italic rows: the published CIFAR-10 / ResNet-20 numbers "
-                      "(Liang et al. 2020, Table 1) for reference.</p>"
-                      + H.table(headers, table_rows, row_classes=classes, raw=True), anchor="table")]
+    return H.table(headers, body, row_classes=classes, raw=True)
 
-    result_sections, result_figs = _result_sections(runs, rows, per_run, out, figdir)
-    body += result_sections
 
-    # per-run table with links to the run reports
-    run_rows = []
+def _localization_section(rows, diffs, runs, out, figdir, fig_entries) -> str | None:
+    cols = [f"loc.{k}.{m}" for k in LOC_METHODS for m in LOC_METRICS
+            if any(row["values"].get(f"loc.{k}.{m}", {}).get("n") for row in rows)]
+    if not cols:
+        return None
+    body, classes = [], []
+    for row in rows:
+        n = max(row["values"].get(c, {}).get("n") or 0 for c in cols)
+        body.append([H.esc(row["method"]), H.esc(row["data"]), str(n)] + [_pm(row["values"].get(c), 3) for c in cols])
+        classes.append("")
+    for which in ("csg", "std"):
+        ref = S.PAPER_LOCALIZATION_VOC[which]
+        body.append([f"{which} (paper)", "PASCAL VOC animals, ResNet-152", "paper"]
+                    + [H.fmt(ref.get(c.split(".")[1], {}).get(c.split(".")[2]), 4) for c in cols])
+        classes.append("ref")
+    inner = ('<p class="note">Totals of <code>csg localize</code> (METHOD.md section 5), mean ± sample std over '
+             "the runs of each method; below, each method's paired difference from STD with its 95% interval. "
+             "Italic rows: the paper's VOC / ResNet-152 totals, for scale.</p>"
+             + H.table(["method", "data", "runs"] + [metric_label(c) for c in cols], body, row_classes=classes,
+                       raw=True)
+             + _differences_table(diffs, cols, digits=3)
+             + _paired_figures(runs, "localization", out, figdir, "localize", fig_entries))
+    return H.section("Localization (localization.json)", inner, anchor="localization")
+
+
+def _adversarial_section(rows, diffs, runs, out, figdir, fig_entries) -> str | None:
+    det = sorted({k for row in rows for k in row["values"] if k.startswith("detection.")
+                  and row["values"][k].get("n")}, key=_attack_order)
+    bb = sorted({k for row in rows for k in row["values"] if k.startswith("blackbox.") and row["values"][k].get("n")})
+    if not det and not bb:
+        return None
+    body, classes = [], []
+    for row in rows:
+        n = max(row["values"].get(c, {}).get("n") or 0 for c in det + bb)
+        body.append([H.esc(row["method"]), H.esc(row["data"]), str(n),
+                     _pm(row["values"].get("adversarial_clean_accuracy"), 2, 100)]
+                    + [_pm(row["values"].get(c), 2, 100) for c in det + bb])
+        classes.append("")
+    for which in ("std", "csg"):
+        cells = []
+        for c in det:
+            _, attack, size = c.split(".", 2)
+            sizes = dict(zip(S.PAPER_DETECTION_SIZES, S.PAPER_DETECTION_CIFAR10[which].get(attack, ())))
+            cells.append(f"{sizes[size]:.2f}" if size in sizes else "–")
+        ref = S.PAPER_BLACKBOX_CIFAR10[which]
+        cells += [f"{ref[c.split('.', 1)[1]]:.1f}" if c.split(".", 1)[1] in ref else "–" for c in bb]
+        body.append([f"{which} (paper)", "CIFAR-10, ResNet-20", "paper", f"{ref['clean_accuracy']:.2f}"] + cells)
+        classes.append("ref")
+    inner = ('<p class="note">Results of <code>csg attack</code> (METHOD.md section 6), in %: random-forest '
+             "detector error per white-box attack and training images per class, and black-box success rates; "
+             "mean ± sample std over the runs of a method, then each method's difference from STD with its 95% "
+             "interval (one run each: a bootstrap over each model's own test items). Italic rows: the paper's "
+             "CIFAR-10 Tables 3 and 4.</p>"
+             + H.table(["method", "data", "runs", "clean accuracy %"] + [metric_label(c) + " %" for c in det + bb], body,
+                       row_classes=classes, raw=True)
+             + _differences_table(diffs, det + bb, scale=100, digits=2)
+             + _paired_figures(runs, "adversarial", out, figdir, "attack", fig_entries))
+    return H.section("Adversarial detection and black-box attacks (adversarial.json)", inner, anchor="adversarial")
+
+
+def _attack_order(key: str):
+    _, attack, size = (key.split(".", 2) + ["", ""])[:3]
+    try:
+        n = int(size)
+    except ValueError:
+        n = 1 << 62
+    return ({"fgsm": 0, "pgd": 1, "cw": 2}.get(attack, 9), attack, n)
+
+
+def _runs_table(runs: list[RunResults], per_run: dict, out: Path) -> str:
+    rows = []
     for r in runs:
         v = per_run[r.label]
-        report = r.path / "report" / "index.html"
-        name = (f'<a href="{H.rel_src(report, out)}">{H.esc(r.label)}</a>' if report.is_file() else H.esc(r.label))
-        run_rows.append([name, H.esc(r.method), H.esc(str(r.seed)), H.fmt(v["accuracy"]), H.fmt(v["mis"]),
-                         H.fmt(v["gap_closed"], 3), H.fmt(v["gate_mi_agreement"], 3), H.fmt(v["l1_density"]),
-                         H.fmt(v.get("c_ic"))])
-    body.append(H.section("Runs", H.table(["run", "method", "seed", "accuracy", "MIS", "gap closed",
-                                           "gate-MI agreement", "L1-density", "C_IC"], run_rows, raw=True),
-                          anchor="runs"))
+        links = []
+        for what, target in (("report", r.path / REPORT_DIR / "index.html"), ("atlas", r.path / ATLAS_DIR / "index.html")):
+            if target.is_file():
+                links.append(f'<a href="{H.rel_src(target, out)}">{what}</a>')
+        rows.append([H.esc(r.label), H.esc(r.method), H.esc(str(r.seed)), H.fmt(v.get("accuracy")), H.fmt(v.get("mis")),
+                     H.fmt(v.get("gap_closed"), 3), H.fmt(v.get("gate_mi_agreement"), 3),
+                     H.fmt(v.get("gate_activation_agreement"), 3), H.fmt(v.get("l1_density")), H.fmt(v.get("c_ic")),
+                     " · ".join(links) or "–"])
+    return H.table(["run", "method", "seed", "accuracy", "MIS", "gap closed", "gate-MI agreement",
+                    "gate-activation agreement", "L1-density", "C_IC", "pages"], rows, raw=True)
 
-    # ---- figures
-    fig_entries: list[dict[str, str]] = list(result_figs)
-    summary_figs = []
-    labels_ = [f"{row['method']}\n{row['data']}" if len({r['data'] for r in rows}) > 1 else row["method"]
-               for row in rows]
-    mis_mean = [row["values"].get("mis", {}).get("mean") or 0.0 for row in rows]
-    mis_std = [row["values"].get("mis", {}).get("std") or 0.0 for row in rows]
-    ceilings = [v["mis_ceiling"] for v in per_run.values() if v["mis_ceiling"] is not None]
-    p = F.bar_with_errors(figdir / "mis_by_method.png", labels_, mis_mean, mis_std, title="MIS by method (mean ± std)",
-                          ylabel="MIS (nats)", reference={"ceiling H(1/C)": float(np.mean(ceilings))} if ceilings else None)
-    summary_figs.append((p, "MIS per method with the ceiling; error bars: std over seeds."))
+
+def compare_runs(paths: Sequence[str | Path], out: str | Path, *, reps: int = 2000) -> Path:
+    """Write ``out/index.html``, ``out/comparison.json`` and ``out/figures/``; returns the page's path."""
+    result, runs = compare(paths, reps=reps)
+    out = Path(out)
+    figdir = out / FIGURES
+    figdir.mkdir(parents=True, exist_ok=True)
+    per_run = {r["label"]: r["values"] for r in result["runs"]}
+    rows, diffs = result["rows"], result["differences"]
+    fig_entries: list[dict] = []
+    main_metrics = [m for m in MAIN_METRICS]
+    body = [H.section("Table 1: accuracy and interpretability",
+                      '<p class="note">Mean ± sample standard deviation over the runs (seeds) of each method. Gap '
+                      "closed = (MIS − MIS<sub>STD</sub>) / (ceiling − MIS<sub>STD</sub>), ceiling H(1/C); "
+                      "gate-MI agreement: filters whose argmax class is the same in the gate (ICNN: its "
+                      "category, PICNN: Q) and in the MI matrix; gate-activation agreement: the same against "
+                      "the class of each filter's largest mean activation (MI is unsigned). Italic rows: the "
+                      "published CIFAR-10 / ResNet-20 numbers (Liang et al. 2020, Table 1).</p>"
+                      + _table1(rows), anchor="table")]
+    diff_table = _differences_table(diffs, main_metrics)
+    if diff_table:
+        body.append(H.section("Differences from STD, with 95% intervals",
+                              '<p class="note">Method minus STD on the same data and architecture. Several seeds: '
+                              "one difference per seed (gap closed against that seed's own STD run), mean and t "
+                              "interval; one seed: a bootstrap over the test images (MIS and gap closed: subsamples "
+                              "without replacement). ✓ marks an interval that excludes 0.</p>" + diff_table,
+                              anchor="differences"))
+    for section in (_localization_section(rows, diffs, runs, out, figdir, fig_entries),
+                    _adversarial_section(rows, diffs, runs, out, figdir, fig_entries)):
+        if section:
+            body.append(section)
+    body.append(H.section("Runs", _runs_table(runs, per_run, out), anchor="runs"))
+    if result["notes"]:
+        body.append("".join(f'<p class="note">{H.esc(n)}</p>' for n in result["notes"]))
+
+    summary = []
+    names = [row["method"] if len({r["data"] for r in rows}) == 1 else f"{row['method']}\n{row['data']}"
+             for row in rows]
+    ceilings = [v["mis_ceiling"] for v in per_run.values() if v.get("mis_ceiling") is not None]
+    p = F.bar_with_errors(figdir / "mis_by_method.png", names,
+                          [row["values"].get("mis", {}).get("mean") or 0.0 for row in rows],
+                          [row["values"].get("mis", {}).get("std") or 0.0 for row in rows],
+                          title="MIS by method (mean ± std over seeds)", ylabel="MIS (nats)",
+                          reference={"ceiling H(1/C)": float(np.mean(ceilings))} if ceilings else None)
+    summary.append((p, "MIS per method with the ceiling; error bars: std over seeds."))
     rs = {r.label: (np.asarray(r.analysis["correlation"]["r_s"]["s"], dtype=float),
                     np.asarray([np.nan if x is None else x for x in r.analysis["correlation"]["r_s"]["r"]], dtype=float))
-          for r in runs if r.analysis and isinstance(r.analysis.get("correlation", {}).get("r_s"), dict)}
+          for r in runs if r.analysis and isinstance((r.analysis.get("correlation") or {}).get("r_s"), dict)}
     if rs:
         p = F.curves(figdir / "r_s_by_run.png", rs, title="r_s: share of filter pairs with weight correlation >= s",
                      xlabel="s", ylabel="r_s", logy=True)
-        summary_figs.append((p, "r_s curves of every analysed run (the paper's Fig. 8)."))
-    body.append(H.section("Summary figures", H.grid(H.figure(p, out, c) for p, c in summary_figs)))
-    fig_entries += [{"path": Path(p).relative_to(out).as_posix(), "caption": c} for p, c in summary_figs]
+        summary.append((p, "r_s curves of every analysed run (the paper's Fig. 8)."))
+    body.append(H.section("Summary figures", H.grid(H.figure(p, out, c) for p, c in summary)))
+    fig_entries += [{"path": Path(p).relative_to(out).as_posix(), "caption": c} for p, c in summary]
+    body += _matrix_sections(runs, out, figdir, fig_entries)
 
-    kinds = [("gate", "Gate"), ("mi", "MI matrix"), ("correlation", "Filter weight correlation"),
-             ("removal", "Class-filter removal")]
-    paired: dict[str, list[str]] = {k: [] for k, _ in kinds}
-    for r in runs:
-        drawn = matrix_figures(r.run, r.run.gate(), r.run.mi_matrix() if r.run.has("mi_matrix.npy") else None,
-                               figdir, prefix=f"{r.slug}_")
-        for kind, _title in kinds:
-            if kind in ("gate", "mi"):
-                if kind in drawn:
-                    p, c = drawn[kind]
-                    paired[kind].append(H.figure(p, out, f"{r.label} ({r.method}): {c}"))
-                    fig_entries.append({"path": p.relative_to(out).as_posix(), "caption": f"{r.label}: {c}"})
-                elif kind == "gate":
-                    paired[kind].append(f'<figure><div class="missing">{H.esc(r.label)} ({H.esc(r.method)}): '
-                                        "no gate</div></figure>")
-                continue
-            src = r.path / "figures" / f"analysis_{kind}.png"
-            caption = next((f["caption"] for f in (r.analysis or {}).get("figures", [])
-                            if isinstance(f, dict) and f.get("path") == f"figures/analysis_{kind}.png"), kind)
-            if src.is_file():
-                dst = figdir / f"{r.slug}_analysis_{kind}.png"
-                atomic_write_bytes(dst, src.read_bytes())
-                paired[kind].append(H.figure(dst, out, f"{r.label} ({r.method}): {caption}"))
-                fig_entries.append({"path": dst.relative_to(out).as_posix(), "caption": f"{r.label}: {caption}"})
-            else:
-                paired[kind].append(f'<figure><div class="missing">{H.esc(r.label)}: run '
-                                    f"<code>csg analyze {H.esc(r.path)}</code></div></figure>")
-    for kind, title in kinds:
-        if paired[kind]:
-            body.append(H.section(f"{title}, run by run", '<div class="pair">' + "".join(paired[kind]) + "</div>",
-                                  anchor=f"pair-{kind}"))
-
-    result = {"runs": [{"label": r.label, "path": str(r.path), "method": r.method, "data": r.data, "arch": r.arch,
-                        "seed": r.seed, "values": per_run[r.label]} for r in runs],
-              "rows": rows, "reference": PAPER_TABLE1_CIFAR10, "figures": fig_entries}
-
+    result["figures"] = fig_entries
+    result["reference"] = PAPER_TABLE1_CIFAR10
     atomic_write_json(out / "comparison.json", result)
     index = out / "index.html"
     subtitle = H.esc(f"{len(runs)} runs, {len(rows)} methods: " + ", ".join(r.label for r in runs))
     atomic_write_text(index, H.page("csg comparison", "".join(body), subtitle=subtitle))
     return index
+
+
+def _matrix_sections(runs: list[RunResults], out: Path, figdir: Path, fig_entries: list[dict]) -> list[str]:
+    kinds = [("gate", "Gate"), ("mi", "MI matrix"), ("correlation", "Filter weight correlation"),
+             ("removal", "Class-filter removal")]
+    paired: dict[str, list[str]] = {k: [] for k, _ in kinds}
+    for r in runs:
+        drawn = matrix_figures(r.run, r.run.gate(), r.run.mi_matrix() if r.run.has(MI_MATRIX) else None, figdir,
+                               prefix=f"{r.slug}_")
+        for kind in ("gate", "mi"):
+            if kind in drawn:
+                p, c = drawn[kind]
+                paired[kind].append(H.figure(p, out, f"{r.label} ({r.method}): {c}"))
+                fig_entries.append({"path": p.relative_to(out).as_posix(), "caption": f"{r.label}: {c}"})
+            elif kind == "gate":
+                paired[kind].append(f'<figure><div class="missing">{H.esc(r.label)} ({H.esc(r.method)}): no '
+                                    "gate</div></figure>")
+        figures = {Path(f["path"]).name: f for f in (r.analysis or {}).get("figures", []) if isinstance(f, dict)}
+        for kind in ("correlation", "removal"):
+            name = f"analysis_{kind}.png"
+            src = r.path / FIGURES / name
+            if src.is_file():
+                dst = figdir / f"{r.slug}_{name}"
+                atomic_write_bytes(dst, src.read_bytes())
+                caption = figures.get(name, {}).get("caption", kind)
+                paired[kind].append(H.figure(dst, out, f"{r.label} ({r.method}): {caption}"))
+                fig_entries.append({"path": dst.relative_to(out).as_posix(), "caption": f"{r.label}: {caption}"})
+            else:
+                paired[kind].append(f'<figure><div class="missing">{H.esc(r.label)}: run '
+                                    f"<code>csg analyze {H.esc(r.path)}</code></div></figure>")
+    return [H.section(f"{title}, run by run", '<div class="pair">' + "".join(paired[k]) + "</div>",
+                      anchor=f"pair-{k}") for k, title in kinds if paired[k]]

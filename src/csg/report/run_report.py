@@ -22,6 +22,7 @@ import numpy as np
 from ..core.io import atomic_write_text, to_json
 from . import figures as F
 from . import html as H
+from . import sections as S
 from .sections import adversarial_section, localization_section
 from .sections import num as _num
 
@@ -176,8 +177,9 @@ def build_run_report(run, *, out: str | Path | None = None) -> Path:
     for fname, title, anchor, build, _command in DEDICATED_JSON:
         if run.has(fname):
             data = _read_json(run_path / fname)
-            inner = (build(run_path, page_dir, data, method) if data is not None
-                     else f'<p class="note">{fname} could not be read (not a JSON object); rerun the command.</p>')
+            note = S.schema_note(fname, data, run_path) if data is not None else None
+            inner = (f'<p class="note">{fname} could not be read (not a JSON object); rerun the command.</p>'
+                     if data is None else note or build(run_path, page_dir, data, method))
             body.append(H.section(title, inner, anchor=anchor))
 
     # every other JSON with figures, one section per file

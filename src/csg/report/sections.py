@@ -1,9 +1,9 @@
-"""Report sections for ``localization.json`` (``csg localize``) and ``adversarial.json`` (``csg attack``).
+"""Report sections for ``localization.json`` (``csg localize``, schema ``csg.localization/2``) and
+``adversarial.json`` (``csg attack``, schema ``csg.adversarial/2``).
 
-Both files are read defensively (a missing key is an en dash, never an error),
-so a report can be built from a partial or older file. The paper's published
-figures (METHOD.md sections 5 and 6) sit beside the measured ones as italic
-reference rows.
+The files are read by their schema: a file of another version gets a note with the command that
+rewrites it, never a guess at its keys. The paper's published figures (METHOD.md sections 5 and 6) sit
+beside the measured ones as italic reference rows.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from . import html as H
 #: (key in localization.json, label) in the paper's order
 LOC_METHODS = (("gradmap", "GradMap"), ("activmap", "ActivMap"), ("cam", "CAM"))
 LOC_METRICS = (("avg_iou", "Avg-IoU"), ("ap20", "AP20"), ("ap30", "AP30"))
-_LOC_ALIASES = {"avg_iou": ("avg_iou", "mean_iou", "iou", "avg-iou", "Avg-IoU"), "ap20": ("ap20", "AP20", "ap_20"),
-                "ap30": ("ap30", "AP30", "ap_30")}
+SCHEMAS = {"localization.json": ("csg.localization/2", "localize"), "adversarial.json": ("csg.adversarial/2", "attack")}
 
 #: METHOD.md section 5: PASCAL VOC, ResNet-152, totals (CSG, STD); metrics the paper does not give are absent
 PAPER_LOCALIZATION_VOC = {
@@ -41,18 +40,20 @@ def num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def _pick(block: dict, metric: str) -> float | None:
-    return next((num(block.get(a)) for a in _LOC_ALIASES[metric] if num(block.get(a)) is not None), None)
-
-
 def loc_total(data: dict | None, method: str) -> dict[str, float | None]:
-    """``{"avg_iou", "ap20", "ap30"}`` of one method: its ``total`` (or ``overall``/``all``/``totals``) entry,
-    else the method's own top-level keys."""
+    """``{"avg_iou", "ap20", "ap30"}`` of one method's ``total`` in localization.json."""
     block = data.get(method) if isinstance(data, dict) else None
-    if not isinstance(block, dict):
-        return {}
-    total = next((block[t] for t in ("total", "overall", "all", "totals") if isinstance(block.get(t), dict)), block)
-    return {m: _pick(total, m) for m, _ in LOC_METRICS}
+    total = block.get("total") if isinstance(block, dict) else None
+    return {m: num(total.get(m)) for m, _ in LOC_METRICS} if isinstance(total, dict) else {}
+
+
+def schema_note(name: str, data: dict, run_path) -> str | None:
+    """A note when ``data`` (the content of ``name``) is not of the schema this csg reads, else None."""
+    schema, command = SCHEMAS[name]
+    if data.get("schema") == schema:
+        return None
+    return (f'<p class="note">{H.esc(name)} has schema {H.esc(repr(data.get("schema")))}, this csg reads '
+            f"{H.esc(schema)}: run <code>csg {command} {H.esc(run_path)}</code> again.</p>")
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -135,7 +136,7 @@ def localization_section(run_path: Path, page_dir: Path, data: dict, method: str
             for key, _ in present:
                 cell = (data[key].get("per_class") or {}).get(name)
                 cell = cell if isinstance(cell, dict) else {}
-                row += [H.fmt(_pick(cell, m)) for m, _ in LOC_METRICS]
+                row += [H.fmt(num(cell.get(m))) for m, _ in LOC_METRICS]
                 if key != "cam":
                     row.append(H.fmt(cell.get("num_filters")) if isinstance(cell.get("num_filters"), int) else "–")
             prow.append(row)
@@ -159,10 +160,7 @@ def _size_key(s: str):
 
 
 def detection_cells(data: dict | None) -> dict[str, dict[str, tuple[float, float | None]]]:
-    """``{attack: {train size: (mean error, spread or None)}}`` from adversarial.json's ``detection``.
-
-    Accepts the ``csg attack`` layout (``{"500": {"mean", "std", ...}}``) and bare numbers (``{"500": 0.04}``).
-    """
+    """``{attack: {train size: (mean error, spread over repeats)}}`` from adversarial.json's ``detection``."""
     det = data.get("detection") if isinstance(data, dict) else None
     out: dict[str, dict[str, tuple[float, float | None]]] = {}
     if not isinstance(det, dict):
@@ -174,18 +172,16 @@ def detection_cells(data: dict | None) -> dict[str, dict[str, tuple[float, float
         for size, entry in per_size.items():
             if isinstance(entry, dict) and num(entry.get("mean")) is not None:
                 cells[str(size)] = (num(entry["mean"]), num(entry.get("std")))
-            elif num(entry) is not None:
-                cells[str(size)] = (num(entry), None)
         out[str(attack)] = dict(sorted(cells.items(), key=lambda kv: _size_key(kv[0])))
     return out
 
 
 def blackbox_rates(data: dict | None) -> dict[str, float | None]:
-    """``{attack: success rate}`` from adversarial.json's ``blackbox`` (entry dicts or bare numbers)."""
+    """``{attack: success rate}`` from adversarial.json's ``blackbox``."""
     bb = data.get("blackbox") if isinstance(data, dict) else None
     if not isinstance(bb, dict):
         return {}
-    return {str(k): (num(v.get("success_rate")) if isinstance(v, dict) else num(v)) for k, v in bb.items()}
+    return {str(k): num(v.get("success_rate")) for k, v in bb.items() if isinstance(v, dict)}
 
 
 def adversarial_section(run_path: Path, page_dir: Path, data: dict, method: str | None = None) -> str:
@@ -235,7 +231,9 @@ def adversarial_section(run_path: Path, page_dir: Path, data: dict, method: str 
     if bb:
         rows, classes = [], []
         for attack, entry in bb.items():
-            e = entry if isinstance(entry, dict) else {"success_rate": entry}
+            if not isinstance(entry, dict):
+                continue
+            e = entry
             rows.append([H.esc(attack), pct(num(e.get("success_rate")), 1), H.fmt(e.get("attempted")),
                          H.fmt(e.get("succeeded")), H.fmt(num(e.get("mean_queries")), 1),
                          H.fmt(num(e.get("mean_l0_successful")), 2)])

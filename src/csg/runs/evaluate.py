@@ -4,6 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.inference import capture_features
+from ..core.run_files import FEATURES, GATE, MI_MATRIX
+from ..methods import build_method
+from ..metrics import (gate_activation_agreement, gate_mi_agreement, mis, mis_ceiling, mutual_information_matrix,
+                       per_class_accuracy)
+from ..training.config import TrainConfig
 from ..core.model import GatedClassifier
 
 
@@ -16,27 +21,28 @@ def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: 
     ``metrics.json``: ``accuracy``, ``num_classes``, ``num_filters``,
     ``num_samples``, ``per_class_accuracy``, ``mis``, ``mis_ceiling`` and, for
     gated runs, ``csg_accuracy``, ``l1_density``, ``l1_interval``,
-    ``gate_mi_agreement``.
+    ``gate_mi_agreement`` and ``gate_activation_agreement`` (the gate's class against the class of each
+    filter's largest mean activation).
     """
-    from ..methods import build_method
-    from ..metrics import (gate_mi_agreement, mis, mis_ceiling, mutual_information_matrix,
-                           per_class_accuracy)
-    from ..training.config import TrainConfig
-
     raw = run.config
     cfg = TrainConfig.from_dict(raw)
     if model is None:
         model = run.load_model(device)
+    with run.lock("evaluating"):
+        return _evaluate(run, cfg, model, device, batch_size, progress)
+
+
+def _evaluate(run, cfg, model, device, batch_size, progress) -> dict:
     model.to(device).eval()
     test_set = run.load_dataset("test", subset=cfg.test_subset, seed=cfg.seed)
     captured = capture_features(model, test_set, batch_size=batch_size or cfg.eval_batch_size, device=device,
                                 progress=progress is not False)
     labels, predictions = captured["labels"], captured["predictions"]
-    run.write_npz("features.npz", pooled=captured["pooled"], labels=labels, predictions=predictions,
+    run.write_npz(FEATURES, pooled=captured["pooled"], labels=labels, predictions=predictions,
                   logits=captured["logits"])
     C = model.num_classes
     mi = mutual_information_matrix(captured["pooled"], labels, num_classes=C)
-    run.write_npy("mi_matrix.npy", mi.astype(np.float32))
+    run.write_npy(MI_MATRIX, mi.astype(np.float32))
     metrics = {
         "method": cfg.method,
         "accuracy": float((predictions == labels).mean()),
@@ -50,8 +56,9 @@ def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: 
     method = build_method(cfg, C)
     gate = method.gate_matrix(model)
     if gate is not None:
-        run.write_npy("gate.npy", gate)
+        run.write_npy(GATE, gate)
         metrics["gate_mi_agreement"] = float(gate_mi_agreement(gate, mi))
+        metrics["gate_activation_agreement"] = float(gate_activation_agreement(gate, captured["pooled"], labels))
     if "csg_predictions" in captured:
         metrics["csg_accuracy"] = float((captured["csg_predictions"] == labels).mean())
     metrics.update(method.evaluation_metrics(model, test_set, batch_size=cfg.eval_batch_size, device=device))

@@ -1,0 +1,61 @@
+"""csg compare's paired differences from STD: hand-built runs with known numbers."""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from csg.report import compare
+
+
+def _run(path, method, seed, accuracy, mis):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"method": method, "data": "d", "arch": "a", "seed": seed,
+                                                  "num_classes": 10}))
+    (path / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "mis": mis, "mis_ceiling": 0.325,
+                                                   "num_classes": 10}))
+    return path
+
+
+def test_differences_are_paired_by_seed_with_a_t_interval(tmp_path):
+    std = {0: (0.910, 0.210), 1: (0.912, 0.220), 2: (0.908, 0.215)}
+    new = {0: (0.913, 0.280), 1: (0.911, 0.290), 2: (0.912, 0.270)}
+    paths = [_run(tmp_path / f"std-seed{s}", "std", s, *v) for s, v in std.items()]
+    paths += [_run(tmp_path / f"new-seed{s}", "csg", s, *v) for s, v in new.items()]
+    paths.append(_run(tmp_path / "new-seed7", "csg", 7, 0.5, 0.5))    # no STD run of seed 7: not paired
+    result, _ = compare(paths)
+    assert result["schema"] == "csg.comparison/2"
+    diffs = {d["metric"]: d for d in result["differences"] if d["method"] == "csg"}
+    d_acc = np.array([new[s][0] - std[s][0] for s in (0, 1, 2)])
+    lo, hi = stats.t.interval(0.95, df=2, loc=d_acc.mean(), scale=stats.sem(d_acc))
+    acc = diffs["accuracy"]
+    assert acc["kind"] == "t" and acc["n"] == 3 and acc["seeds"] == [0, 1, 2]
+    assert acc["mean"] == pytest.approx(d_acc.mean()) and acc["low"] == pytest.approx(lo) and acc["high"] == pytest.approx(hi)
+    assert acc["excludes_zero"] == (lo > 0 or hi < 0)
+    # gap closed, per seed against that seed's own STD run
+    gaps = np.array([(new[s][1] - std[s][1]) / (0.325 - std[s][1]) for s in (0, 1, 2)])
+    gap = diffs["gap_closed"]
+    assert gap["per_seed"] == pytest.approx(list(gaps)) and gap["mean"] == pytest.approx(gaps.mean())
+    assert gap["excludes_zero"]
+    # Table 1's gap closed: each run against the STD runs' mean MIS
+    row = next(r for r in result["rows"] if r["method"] == "csg")
+    base = np.mean([v[1] for v in std.values()])
+    want = [(new[s][1] - base) / (0.325 - base) for s in (0, 1, 2)] + [(0.5 - base) / (0.325 - base)]
+    assert row["values"]["gap_closed"]["mean"] == pytest.approx(np.mean(want))
+
+
+def test_one_seed_accuracy_difference_bootstraps_the_same_test_images(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 3000)
+    paths = []
+    for name, method, p in (("std", "std", 0.80), ("csg", "csg", 0.85)):
+        path = _run(tmp_path / name, method, 0, p, 0.2)
+        correct = rng.random(3000) < p
+        pred = np.where(correct, labels, (labels + 1) % 10)
+        np.savez(path / "features.npz", pooled=rng.random((3000, 4)), labels=labels, predictions=pred,
+                 logits=np.zeros((3000, 10)))
+        paths.append(path)
+    result, _ = compare(paths, reps=400)
+    acc = next(d for d in result["differences"] if d["metric"] == "accuracy")
+    assert acc["kind"] == "bootstrap" and acc["n"] == 3000
+    assert acc["low"] < acc["mean"] < acc["high"] and acc["excludes_zero"]
