@@ -12,7 +12,8 @@ import sys
 
 from ..core.errors import CsgError
 
-COMMANDS = ("train", "evaluate", "analyze", "localize", "attack", "explain", "report", "compare", "prepare")
+COMMANDS = ("train", "evaluate", "analyze", "localize", "attack", "explain", "graph", "atlas", "report", "compare",
+            "experiment", "prepare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("csg: error: out of memory; lower --batch-size or use --subset", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only folder, a file that vanished: one line, no traceback
+        print(f"csg: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and what to do."""
+    import errno
+
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device{where}; free some space and run the command again (files already "
+                "written are complete: every write is atomic, and training resumes with --resume)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where}; write to a folder you own (e.g. --out under your home)"
+    return f"{exc.strerror or exc}{where}"
 
 
 def run_main() -> None:  # console-script entry point

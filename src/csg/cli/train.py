@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 
-from ..training.config import GATE_LR_DEFAULTS, METHODS, PRESETS, TrainConfig, resolve_config
+from ..training.config import GATE_LR_DEFAULTS, LAMBDA1_DEFAULTS, METHODS, PRESETS, TrainConfig, resolve_config
 
 
 def _bool(text: str) -> bool:
@@ -40,6 +40,8 @@ def describe_default(name: str) -> str | None:
     value = defaults[name]
     if name == "gate_lr":
         return ", ".join(f"{m} {v:g}" for m, v in GATE_LR_DEFAULTS.items() if m != "csg-fixed")
+    if name == "lambda1":
+        return ", ".join([f"{m} {v:g}" for m, v in LAMBDA1_DEFAULTS.items()] + ["others 1"])
     if value is None:
         return NONE_MEANS.get(name)
     if isinstance(value, bool):
@@ -133,6 +135,13 @@ def add_parser(sub) -> None:
     c.add_argument("--final-csg-epochs", type=int, help="make the last N epochs CSG epochs")
     c.add_argument("--m1", type=int, help="fixed gate: filters owned by each class")
     c.add_argument("--m2", type=int, help="fixed gate: filters shared by all classes")
+    cp = p.add_argument_group("CSG+ (docs/methods.md; also takes the gate options above)")
+    cp.add_argument("--suppression-weight", type=float,
+                    help="weight of the share of each filter's activation on classes its gate closes")
+    cp.add_argument("--class-head-weight", type=float,
+                    help="weight of CE on the class-specific head (class c's logit from its gate row's filters)")
+    cp.add_argument("--gate-follows-activation", type=_bool, metavar="BOOL",
+                    help="let the suppression term move the gate too (the gate keeps following the filters)")
     m = p.add_argument_group("ICNN and PICNN")
     m.add_argument("--icnn-layer", metavar="LAYER", help="conv layer for the ICNN filter loss")
     m.add_argument("--icnn-weight", type=float, help="weight of the ICNN filter loss")

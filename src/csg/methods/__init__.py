@@ -1,4 +1,4 @@
-"""Training methods: STD (baseline), CSG (alternating, joint, fixed), ICNN, PICNN and CSG+.
+"""Training methods: STD (baseline), CSG (alternating, joint, fixed), ICNN, PICNN and CSG+ (csg-plus).
 
 ``build_method(cfg, num_classes)`` picks one by ``cfg.method`` and gives it its
 own resolved config; each implements :class:`~csg.methods.base.TrainingMethod`.
@@ -18,6 +18,7 @@ _REGISTRY = {
     "csg-fixed": "csg.methods.csg:FixedCSGMethod",
     "icnn": "csg.methods.icnn:ICNNMethod",
     "picnn": "csg.methods.picnn:PICNNMethod",
+    "csg-plus": "csg.methods.csg_plus:CSGPlusMethod",
 }
 
 

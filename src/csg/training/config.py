@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,13 +15,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS = ("std", "csg", "csg-fixed", "icnn", "picnn")
+METHODS = ("std", "csg", "csg-fixed", "icnn", "picnn", "csg-plus")
 
 
 #: Adam learning rate of the gate-like parameter when ``--gate-lr`` is not given. CSG: 0.05 lets the
 #: gate reach its density interval within the few CSG epochs of a short run (docs/tuning.md); PICNN:
 #: the reference code's 1e-3 for its correspondence matrix (docs/methods.md).
-GATE_LR_DEFAULTS = {"csg": 0.05, "csg-fixed": 0.05, "picnn": 1e-3}
+GATE_LR_DEFAULTS = {"csg": 0.05, "csg-fixed": 0.05, "picnn": 1e-3, "csg-plus": 0.05}
+#: Weight of CE on the label-reading CSG path when ``--lambda1`` is not given: CSG's 1 (the reference code);
+#: CSG+ replaces that path by its class-specific head (docs/methods.md), so its default is 0.
+LAMBDA1_DEFAULTS = {"csg-plus": 0.0}
 
 
 @dataclass
@@ -58,7 +62,7 @@ class TrainConfig:
     final_csg_epochs: int = 0
     rho: float | None = None
     penalty: str = "l1"
-    lambda1: float = 1.0
+    lambda1: float | None = None   # None: the method's own default (LAMBDA1_DEFAULTS, else 1)
     lambda2: float = 1e-3
     gate_init: float = 0.5
     gate_lr: float | None = None   # None: the method's own default (GATE_LR_DEFAULTS)
@@ -72,6 +76,10 @@ class TrainConfig:
     icnn_weight: float = 1.0
     icnn_beta: float = 4.0
     icnn_test_mask: bool = True
+    # CSG+ (docs/methods.md)
+    suppression_weight: float = 1.0
+    class_head_weight: float = 1.0
+    gate_follows_activation: bool = True
     picnn_weight: float = 2.0
     picnn_v_optimizer: str = "model"   # "model": V trained with the weights (the authors' one optimiser)
     # running
@@ -91,6 +99,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.gate_lr is None:
             self.gate_lr = GATE_LR_DEFAULTS.get(self.method, GATE_LR_DEFAULTS["csg"])
+        if self.lambda1 is None:
+            self.lambda1 = LAMBDA1_DEFAULTS.get(self.method, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,6 +160,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             raise CsgError(f"config file {path}: unknown key {key!r}; keys are the `csg train` flags, e.g. "
                            "epochs, lr, rho")
         out[name] = value
+    check_types(out, f"config file {path}")
     return out
 
 
@@ -168,37 +179,76 @@ def resolve_config(cli_values: dict[str, Any], preset: str | None = None, toml_p
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    def positive(name: str, value: float) -> None:
-        if value is None or value <= 0:
-            raise CsgError(f"--{name.replace('_', '-')} must be positive, got {value}")
+#: choices of the options that take one of a few words
+CHOICES = {"method": METHODS, "schedule": ("alternate", "joint"), "optimizer": ("sgd", "adam"),
+           "gate_optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "multistep", "cosine"),
+           "penalty": ("l1", "l2", "smooth-l1"), "picnn_v_optimizer": ("model", "own")}
+#: numeric ranges: (low, high, low inclusive, high inclusive); None: unbounded on that side
+RANGES = {
+    "epochs": (1, None, True, True), "batch_size": (1, None, True, True), "eval_batch_size": (1, None, True, True),
+    "lr": (0, None, False, True), "momentum": (0, 1, True, False), "weight_decay": (0, None, True, True),
+    "gamma": (0, 1, False, True), "crop_padding": (0, None, True, True), "period": (1, None, True, True),
+    "csg_epochs": (1, None, True, True), "warmup": (0, None, True, True), "final_csg_epochs": (0, None, True, True),
+    "rho": (0, 1, False, True), "lambda1": (0, None, True, True), "lambda2": (0, None, True, True),
+    "gate_init": (0, 1, False, True), "gate_lr": (0, None, True, True), "csg_lr": (0, None, False, True),
+    "m1": (1, None, True, True), "m2": (0, None, True, True), "icnn_weight": (0, None, True, True),
+    "icnn_beta": (0, None, False, True), "picnn_weight": (0, None, True, True),
+    "suppression_weight": (0, None, True, True), "class_head_weight": (0, None, True, True),
+    "subset": (1, None, True, True), "test_subset": (1, None, True, True), "seed": (0, None, True, True),
+    "threads": (1, None, True, True), "workers": (0, None, True, True), "resize": (1, None, True, True),
+    "checkpoint_every": (0, None, True, True), "eval_every": (0, None, True, True),
+}
 
-    if cfg.method not in METHODS:
-        raise CsgError(f"unknown --method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    for name in ("epochs", "batch_size", "lr", "period", "eval_batch_size"):
-        positive(name, getattr(cfg, name))
-    if cfg.schedule not in ("alternate", "joint"):
-        raise CsgError(f"unknown --schedule {cfg.schedule!r}; choose alternate or joint")
+
+def _field_kind(name: str) -> str:
+    """``int``, ``float``, ``bool``, ``str`` or ``floats`` (a tuple of numbers) for a config field."""
+    annotation = str({f.name: f.type for f in fields(TrainConfig)}[name])
+    for kind in ("bool", "int", "float", "str"):
+        if annotation.startswith(kind):
+            return kind
+    return "floats" if "tuple" in annotation else "any"
+
+
+def check_types(values: dict[str, Any], where: str) -> None:
+    """Each value has its field's type (an int where an int is meant, ...); ``where`` names the source."""
+    for name, value in values.items():
+        if value is None or name not in {f.name for f in fields(TrainConfig)}:
+            continue
+        kind = _field_kind(name)
+        ok = {"bool": isinstance(value, bool),
+              "int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "str": isinstance(value, str),
+              "floats": isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                 for v in value)}.get(kind, True)
+        if not ok:
+            want = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text value",
+                    "floats": "a list of numbers"}[kind]
+            raise CsgError(f"{where}: {name} = {value!r} is not {want}; e.g. {name} = "
+                           f"{ {'bool': 'true', 'int': '12', 'float': '0.1', 'str': chr(34) + 'csg' + chr(34), 'floats': '[0.5, 0.75]'}[kind] }")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every option in its type, choices and range, and the options that depend on each other."""
+    values = cfg.to_dict()
+    check_types(values, "the configuration")
+    for name, choices in CHOICES.items():
+        if values[name] not in choices:
+            raise CsgError(f"unknown --{name.replace('_', '-')} {values[name]!r}; choose one of {', '.join(choices)}")
+    for name, (lo, hi, lo_in, hi_in) in RANGES.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CsgError(f"{flag} must be a finite number, got {value}")
+        below = lo is not None and (value < lo if lo_in else value <= lo)
+        above = hi is not None and (value > hi if hi_in else value >= hi)
+        if below or above:
+            span = (("[" if lo_in else "(") + (f"{lo:g}" if lo is not None else "-inf") + ", "
+                    + (f"{hi:g}" if hi is not None else "inf") + ("]" if hi_in else ")"))
+            raise CsgError(f"{flag} must lie in {span}, got {value:g}")
     if not 1 <= cfg.csg_epochs <= cfg.period:
         raise CsgError(f"--csg-epochs {cfg.csg_epochs} must be between 1 and --period {cfg.period}")
-    if cfg.warmup < 0 or cfg.final_csg_epochs < 0:
-        raise CsgError("--warmup and --final-csg-epochs must be >= 0")
-    if cfg.optimizer not in ("sgd", "adam"):
-        raise CsgError(f"unknown --optimizer {cfg.optimizer!r}; choose sgd or adam")
-    if cfg.picnn_v_optimizer not in ("model", "own"):
-        raise CsgError(f"unknown --picnn-v-optimizer {cfg.picnn_v_optimizer!r}; choose model (V trained with the "
-                       "weights, as the authors do) or own (V by its own --gate-optimizer at --gate-lr)")
-    if cfg.gate_optimizer not in ("sgd", "adam"):
-        raise CsgError(f"unknown --gate-optimizer {cfg.gate_optimizer!r}; choose sgd or adam")
-    if cfg.lr_schedule not in ("constant", "multistep", "cosine"):
-        raise CsgError(f"unknown --lr-schedule {cfg.lr_schedule!r}; choose constant, multistep or cosine")
-    if cfg.subset is not None and cfg.subset < 1:
-        raise CsgError(f"--subset must be a positive number of images, got {cfg.subset}")
-    if cfg.gate_lr < 0:
-        raise CsgError(f"--gate-lr must be >= 0, got {cfg.gate_lr}")
-    if cfg.workers is not None and cfg.workers < 0:
-        raise CsgError(f"--workers must be >= 0 (0 decodes in the training process), got {cfg.workers}")
-    if cfg.resize is not None and cfg.resize < 1:
-        raise CsgError(f"--image-size must be a positive number of pixels, got {cfg.resize}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise CsgError(f"--threads must be >= 1, got {cfg.threads}")
+    if any(not 0 < m < 1 for m in cfg.milestones):
+        raise CsgError(f"--milestones are fractions of the run in (0, 1), got {','.join(f'{m:g}' for m in cfg.milestones)}")
