@@ -37,7 +37,7 @@ def main() -> None:
 
     from csg.adversarial import FGSM, PGD, CarliniWagnerL2, local_search_attack
     from csg.adversarial.blackbox import one_pixel_attack
-    from csg.core.model import build_model
+    from csg.backbones import build_model
 
     torch.manual_seed(0)
     dev = torch.device(args.device)

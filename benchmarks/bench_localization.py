@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from csg.localization.maps import CAM, ActivMap, GradMap
 from csg.localization.regions import gaussian_blur
-from csg.core.model import build_model
+from csg.backbones import build_model
 
 
 def sync(device):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from csg.data import Augment, load_dataset
-from csg.core.model import build_model
+from csg.backbones import build_model
 from csg.training.config import resolve_config
 from csg.training.trainer import Trainer, epoch_seed
 

@@ -67,7 +67,7 @@ def part_processes(images: int) -> None:
 
 
 def _model(dtype=torch.float32):
-    from csg.core.model import build_model
+    from csg.backbones import build_model
 
     torch.manual_seed(0)
     return build_model("resnet20", 10, 1, input_mean=(0.3,), input_std=(0.3,)).to(dtype)

@@ -1,12 +1,13 @@
 """csg: train CNNs whose filters are class-specific, and measure how interpretable they are."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 from .core.errors import CsgError
 from .core.gate import ClassSpecificGate, fixed_layout, gate_penalty, project_columns_
 from .core.hooks import capture_outputs, resolve_module
-from .core.model import GatedClassifier, ModelOutput, build_model
+from .backbones import build_model
+from .core.model import GatedClassifier, ModelOutput, unwrap
 from .runs.rundir import RunDir
 
 # The rest of the public API, imported on first use so `import csg` stays light
@@ -45,6 +46,7 @@ __all__ = [
     "GatedClassifier",
     "ModelOutput",
     "build_model",
+    "unwrap",
     "RunDir",
     *sorted(_LAZY),
 ]

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 
 from ..core.errors import CsgError
+from ..core.gate import ClassSpecificGate
+from ..core.model import GatedClassifier
 from .alexnet import AlexNet, alexnet
 from .resnet import IMAGENET_LAYERS, BasicBlock, Bottleneck, ResNet, imagenet_resnet
 from .resnet_cifar import CIFAR_DEPTHS, CifarBasicBlock, CifarResNet, PadShortcut, cifar_resnet
@@ -37,6 +39,7 @@ from .vgg import CFGS, VGG, vgg
 __all__ = [
     "BackboneSpec",
     "build_backbone",
+    "build_model",
     "available_backbones",
     "CifarResNet",
     "CifarBasicBlock",
@@ -156,3 +159,13 @@ def build_backbone(name: str, num_classes: int, in_channels: int = 3, small_inpu
     module = entry.build(num_classes, in_channels, small, **options)
     return BackboneSpec(module=module, feature_layer=entry.feature_layer, head=entry.head,
                         num_filters=entry.num_filters, name=known, small_input=small)
+
+
+def build_model(arch: str, num_classes: int, in_channels: int, *, gate: ClassSpecificGate | None = None,
+                input_mean: Sequence[float] | None = None, input_std: Sequence[float] | None = None,
+                small_input: bool | None = None) -> GatedClassifier:
+    """Build a registered backbone wrapped as a :class:`~csg.core.model.GatedClassifier`."""
+    spec = build_backbone(arch, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
+    return GatedClassifier(spec.module, spec.feature_layer, num_classes, head=spec.head, gate=gate,
+                           input_mean=input_mean, input_std=input_std)
+

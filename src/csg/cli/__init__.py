@@ -17,7 +17,7 @@ COMMANDS = ("train", "evaluate", "analyze", "localize", "attack", "explain", "gr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..core.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="csg",

@@ -139,17 +139,6 @@ class GatedClassifier(nn.Module):
         return self.forward(images).logits
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, *, gate: ClassSpecificGate | None = None,
-                input_mean: Sequence[float] | None = None, input_std: Sequence[float] | None = None,
-                small_input: bool | None = None) -> GatedClassifier:
-    """Build a registered backbone (see :mod:`csg.backbones`) wrapped as a :class:`GatedClassifier`."""
-    from ..backbones import build_backbone
-
-    spec = build_backbone(arch, num_classes=num_classes, in_channels=in_channels, small_input=small_input)
-    return GatedClassifier(spec.module, spec.feature_layer, num_classes, head=spec.head, gate=gate,
-                           input_mean=input_mean, input_std=input_std)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` (``.module``) and/or ``torch.compile``
     (``._orig_mod``) wrapper, however they are nested; any other module is returned as it is."""

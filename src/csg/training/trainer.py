@@ -27,13 +27,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.device import resolve_device
 from ..core.errors import CsgError
 from ..core.hooks import resolve_module
 from ..core.io import append_jsonl, atomic_save_npy, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
 from ..core.lock import RunLock
-from ..core.model import GatedClassifier, build_model
+from ..backbones import build_model
+from ..core.model import GatedClassifier
 from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG
 from ..data import Augment, dataset_options, load_dataset
 from ..methods import build_method

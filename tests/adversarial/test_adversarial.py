@@ -217,7 +217,7 @@ def test_detection_experiment_means_and_balance():
 
 
 def test_find_blocks_and_block_features_of_resnet20():
-    from csg.core.model import build_model
+    from csg.backbones import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet20", 10, 1).eval()
@@ -235,7 +235,7 @@ def test_find_blocks_and_block_features_of_resnet20():
 
 
 def test_find_blocks_of_a_flat_conv_stack():
-    from csg.core.model import build_model
+    from csg.backbones import build_model
 
     model = build_model("alexnet", 10, 1).eval()
     assert find_blocks(model) == ["backbone.features.1", "backbone.features.4", "backbone.features.7",

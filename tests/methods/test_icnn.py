@@ -10,7 +10,7 @@ from csg.methods import build_method
 from csg.methods.icnn import (ICNNMethod, ICNNState, icnn_filter_loss, icnn_filter_mi, icnn_mask,
                               icnn_templates)
 from csg.training.config import TrainConfig
-from tiny_methods import TinySet, bar_data, tiny_model
+from fakes import TinySet, bar_data, tiny_model
 
 
 # ---- templates and mask ------------------------------------------------------------------

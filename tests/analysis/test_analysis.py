@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from fakes import make_fake_run
 import torch.nn as nn
 
 from csg.analysis import (ablation_drops, class_selectivity, cluster_centres, confusion_after_removal,
@@ -17,65 +19,6 @@ from csg.analysis import (ablation_drops, class_selectivity, cluster_centres, co
 from csg.core.errors import CsgError
 
 
-# ---------------------------------------------------------------------------------------------
-# a synthetic run directory (no training, no dataset): a random resnet20 with a planted gate
-# ---------------------------------------------------------------------------------------------
-def make_fake_run(path: Path, method: str = "csg", seed: int = 0, n_per_class: int = 10) -> Path:
-    """A run directory with config, checkpoint, features, gate, MI matrix, metrics and log,
-    built from an untrained resnet20 on bar images (fast: no training)."""
-    from conftest import make_bar_images
-    from csg.core.io import append_jsonl
-    from csg.methods import build_method
-    from csg.core.model import build_model
-    from csg.runs.rundir import RunDir
-    from csg.training.checkpoint import save_checkpoint
-    from csg.training.config import TrainConfig
-
-    torch.manual_seed(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    C = 10
-    cfg = TrainConfig(method=method, seed=seed, epochs=3, arch="resnet20")
-    model = build_model("resnet20", C, 1, input_mean=[0.3], input_std=[0.3])
-    gated = method.startswith("csg")
-    if gated:
-        build_method(cfg, 10).attach(model)
-        g = torch.full((C, model.num_filters), 0.05)
-        owner = torch.arange(model.num_filters) % C
-        g[owner, torch.arange(model.num_filters)] = 1.0
-        model.gate.weight.data.copy_(g)
-    model.eval()
-    save_checkpoint(path / "checkpoint.safetensors", model)
-    raw = cfg.to_dict()
-    raw.update(num_classes=C, in_channels=1, input_mean=[0.3], input_std=[0.3], num_filters=model.num_filters,
-               classes=[f"class{c}" for c in range(C)], feature_layer=model.feature_layer)
-    run = RunDir(path, must_exist=False)
-    run.write_json("config.json", raw)
-    images, labels = make_bar_images(n_per_class, seed=seed + 5)
-    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
-    with torch.no_grad():
-        out = model(x)
-    pooled, logits = out.pooled.numpy(), out.logits.numpy()
-    labels = labels.astype(np.int64)
-    run.write_npz("features.npz", pooled=pooled, labels=labels, predictions=logits.argmax(1), logits=logits)
-    # a cheap stand-in for the MI matrix (K x C, non-negative): how far each class mean sits from the rest
-    onehot = np.eye(C)[labels]
-    mu = onehot.T @ pooled / onehot.sum(0)[:, None]
-    mi = (np.abs(mu - pooled.mean(0)) / (pooled.std(0) + 1e-6)).T * 0.05
-    run.write_npy("mi_matrix.npy", mi.astype(np.float32))
-    metrics = {"method": method, "accuracy": float((logits.argmax(1) == labels).mean()), "num_classes": C,
-               "num_filters": model.num_filters, "mis": float(mi.max(1).mean()), "mis_ceiling": 0.325}
-    if gated:
-        gate = model.gate.weight.detach().numpy()
-        run.write_npy("gate.npy", gate)
-        metrics.update(l1_density=float(gate.mean()), rho=0.1, l1_interval=[0.1, 0.1],
-                       gate_mi_agreement=float((gate.argmax(0) == mi.argmax(1)).mean()))
-    run.write_json("metrics.json", metrics)
-    for e in range(3):
-        append_jsonl(path / "log.jsonl", {"epoch": e, "phase": "csg" if gated and e == 2 else "std",
-                                          "loss": 2.0 - 0.3 * e, "train_accuracy": 0.2 + 0.2 * e,
-                                          "test_accuracy": 0.15 + 0.2 * e, "lr": 0.1 / (e + 1),
-                                          **({"l1_density": 0.5 - 0.1 * e} if gated else {})})
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +80,7 @@ def test_inter_class_correlation_on_hand_built_matrix():
 
 
 def test_feature_conv_finds_the_last_conv_of_the_feature_layer():
-    from csg.core.model import build_model
+    from csg.backbones import build_model
 
     model = build_model("resnet20", 10, 1)
     name, conv = feature_conv(model)

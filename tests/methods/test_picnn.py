@@ -12,7 +12,7 @@ from csg.methods import build_method
 from csg.methods.picnn import (PICNNCorrespondence, PICNNMethod, picnn_forward, picnn_interpretation_loss,
                                straight_through_bernoulli, straight_through_onehot)
 from csg.training.config import TrainConfig
-from tiny_methods import TinySet, bar_data, tiny_model
+from fakes import TinySet, bar_data, tiny_model
 
 
 # ---- straight-through estimators ----------------------------------------------------------

@@ -191,7 +191,7 @@ def test_missing_data_folder_gives_the_install_command(tmp_path, capsys):
 
 
 def test_model_with_wrong_class_count_is_refused(tiny_idx_dir, tmp_path):
-    from csg.core.model import build_model
+    from csg.backbones import build_model
 
     model = build_model("resnet20", 7, 1)
     with pytest.raises(CsgError, match="7 classes"):

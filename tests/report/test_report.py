@@ -16,7 +16,7 @@ import pytest
 from csg.metrics import indicator_entropy, mis_ceiling
 from csg.report import build_run_report, compare_runs
 from csg.runs.rundir import RunDir
-from test_analysis import make_fake_run
+from fakes import make_fake_run
 
 
 class _Refs(HTMLParser):
