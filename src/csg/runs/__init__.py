@@ -1,0 +1,1 @@
+"""The runs layer: the run directory, rebuilding a model from a run, and evaluation."""
