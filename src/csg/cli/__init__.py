@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..core.errors import CsgError
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("csg: error: out of memory; lower --batch-size or use --subset", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `csg ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as exc:  # a full disk, a read-only folder, a file that vanished: one line, no traceback
         print(f"csg: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
