@@ -50,6 +50,15 @@ _RESUMABLE_CHANGES = {"device", "threads", "out", "evaluate", "eval_every", "che
                       "eval_batch_size", "channels_last", "amp", "compile", "workers", "tensorboard"}
 
 
+#: batches timed before the up-front estimate of the training time
+ESTIMATE_AFTER = 20
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's data order and augmentation (distinct, reproducible)."""
     return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63 - 1)
@@ -339,6 +348,8 @@ class Trainer:
             self._accumulate(sums, out, labels)
             batch_index += 1
             bar.update(1)
+            if self.dist.is_main and epoch == self.start_epoch and batch_index - self.start_batch == ESTIMATE_AFTER:
+                self._print_estimate(epoch, time.perf_counter() - start, n_total)
             checkpoint = bool(cfg.checkpoint_every and batch_index % cfg.checkpoint_every == 0
                               and batch_index < n_total)
             if lazy and (batch_index % 10 == 0 or checkpoint) and int(bad) >= 0:
@@ -414,6 +425,13 @@ class Trainer:
             if gate is not None:
                 record["rank_gate_spread"] = self.dist.max_spread(gate.weight)
         return record
+
+    def _print_estimate(self, epoch: int, seconds: float, n_total: int) -> None:
+        """Once, early in the first epoch run: how long the rest of the training will take at this pace."""
+        per_batch = seconds / ESTIMATE_AFTER
+        left = per_batch * ((n_total - self.start_batch) + n_total * (self.cfg.epochs - epoch - 1))
+        print(f"train: about {_duration(left)} for {self.cfg.epochs - epoch} epoch(s) of {n_total} batches "
+              f"({per_batch:.2f} s per batch so far; evaluation not included)", file=sys.stderr, flush=True)
 
     def _nonfinite(self, epoch: int, batch_index: int, value: float) -> None:
         raise CsgError(f"loss became {value} at epoch {epoch + 1}, batch {batch_index + 1}; the "
