@@ -123,8 +123,12 @@ class RunResults:
                 for k in LOC_METHODS if isinstance(data.get(k), dict) for m in LOC_METRICS}
 
     def localization_items(self) -> dict[str, np.ndarray] | None:
-        path = self.path / LOCALIZATION_ARRAYS
-        if self.localization is None or not path.is_file():
+        return self._arrays(self.localization, LOCALIZATION_ARRAYS)
+
+    def _arrays(self, result: dict | None, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays behind a result (its ``.npz``), when the result was read and the file exists."""
+        path = self.path / name
+        if result is None or not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -145,11 +149,7 @@ class RunResults:
         return out
 
     def adversarial_items(self) -> dict[str, np.ndarray] | None:
-        path = self.path / ADVERSARIAL_ARRAYS
-        if self.adversarial is None or not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return self._arrays(self.adversarial, ADVERSARIAL_ARRAYS)
 
     def features(self) -> dict[str, np.ndarray] | None:
         return self.run.features() if self.run.has(FEATURES) else None
