@@ -381,6 +381,11 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
     body.append(H.section("Runs", H.table(["run", "method", "seed", "accuracy", "MIS", "gap closed",
                                            "gate-MI agreement", "L1-density", "C_IC"], run_rows, raw=True),
                           anchor="runs"))
+    from .atlas_page import atlas_links, atlas_section  # the unit atlases of the runs that have one
+
+    atlas_hrefs, atlas_pair = atlas_links([(r.label, r.path) for r in runs], out)
+    if atlas_hrefs:
+        body.append(atlas_section(atlas_hrefs, atlas_pair, out))
 
     # ---- figures
     fig_entries: list[dict[str, str]] = list(result_figs)
