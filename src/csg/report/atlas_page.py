@@ -9,8 +9,9 @@
     out_dir/atlas.js, atlas.css
     out_dir/sprites/<layer>-<kind>-NNN.png   sprite sheets: per filter one block of its top-k tiles
 
-Tiles are drawn here (vectorised over every tile): the ActivMap overlay tints the region (ActivMap >=
-the filter's dataset top-q level) amber, dims the rest, and rings the region in amber;
+Tiles are drawn here (vectorised over every tile): the ActivMap overlay keeps the image inside the
+region (ActivMap >= the filter's dataset top-q level), dims the rest under a navy wash, and rings the
+region in amber;
 the GradMap overlay blends the blurred gradient magnitude (magma colour map, scaled to the tile's maximum)
 over the grey image and rings its region (GradMap > threshold) in cyan.
 """
@@ -32,6 +33,7 @@ GAP = 2  # px between tiles in a sheet (white), so scaled tiles never bleed into
 PER_SHEET = 64  # filters per sheet: a sheet is 8 x 8 blocks
 SHEET_COLUMNS = 8
 ACTIV_RING = np.array([1.0, 0.72, 0.05], np.float32)
+OUTSIDE_WASH = np.array([0.09, 0.13, 0.27], np.float32)
 GRAD_RING = np.array([0.15, 0.9, 1.0], np.float32)
 STATIC = ("atlas.js", "atlas.css")
 AUTO_PNG_PIXELS = 8_000_000  # tile pixels of a layer (K x k x h x w) up to which "auto" writes PNG
@@ -76,12 +78,12 @@ def _magma() -> np.ndarray:
 
 
 def activ_overlay(images: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """RGB uint8 tiles: the region (coverage >= 50%) tinted amber over the image, the rest dimmed grey, an
-    amber ring just outside the region (the tint keeps a region visible on a black background)."""
+    """RGB uint8 tiles: the image as it is inside the region (coverage >= 50%), dimmed grey under a navy wash
+    outside it (so the outside stays visible on a black background), and an amber ring just outside."""
     rgb = _rgb(images)
     region = coverage >= 128
     grey = rgb.mean(axis=-1, keepdims=True)
-    out = np.where(region[..., None], 0.76 * rgb + 0.24 * ACTIV_RING, 0.04 + 0.45 * grey)
+    out = np.where(region[..., None], rgb, 0.4 * grey + OUTSIDE_WASH)
     out = np.where(_ring(region)[..., None], ACTIV_RING, out)
     return (out * 255 + 0.5).astype(np.uint8)
 

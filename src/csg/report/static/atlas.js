@@ -209,19 +209,20 @@
   }
   function cardHTML(f, pos) {
     var c = U["class"][f], sc = cardScale();
-    var stats = ['<span title="largest MI over classes">MI ' + num(U.mi_max[f]) + "</span>",
-                 '<span title="class selectivity">sel ' + num(U.selectivity[f], 2) + "</span>"];
-    if (U.max_drop) stats.push('<span title="largest per-class accuracy drop when zeroed">drop ' + pct(U.max_drop[f]) + "</span>");
-    if (U.iou_object) stats.push('<span title="mean IoU of the ActivMap region with the object over the top images">IoU ' +
-                                 num(U.iou_object[f], 2) + "</span>");
+    var stats = ['<span title="class selectivity (0 to 1)">selectivity ' + num(U.selectivity[f], 2) +
+                 meter(U.selectivity[f], 0, 1) + "</span>"];
+    if (U.iou_object) stats.push('<span title="mean IoU of the ActivMap region with the object / with the clutter, over the top images">IoU ' +
+                                 num(U.iou_object[f], 2) + ' <span class="faint">/ ' + num(U.iou_clutter[f], 2) + "</span></span>");
     return '<article class="card' + (U.dead[f] ? " dead" : "") + '" data-filter="' + f + '" data-pos="' + pos +
       '" tabindex="' + (pos === focusPos ? 0 : -1) + '" style="--cc:' + colour(c) + '" aria-label="filter ' + f + ", " +
       esc(className(c)) + '">' +
       '<header><span class="fid">#' + f + '</span><span class="chip" style="background:' + colour(c) + '">' +
       esc(className(c)) + "</span>" + agreeBadge(f) + (U.dead[f] ? '<span class="deadtag">dead</span>' : "") + "</header>" +
       spriteHTML(spriteBox(f, -1, "activ"), sc, "top images of filter " + f, "thumbs") +
-      '<div class="rowlabel">MI by class</div>' + barsSVG(U.mi[f], maxMi, "MI by class") +
-      (U.drop ? '<div class="rowlabel">accuracy drop when zeroed</div>' + barsSVG(U.drop[f], maxDrop, "ablation drop by class", true) : "") +
+      '<div class="rowlabel"><span>MI by class</span><b title="largest MI over classes">' + num(U.mi_max[f]) + "</b></div>" +
+      barsSVG(U.mi[f], maxMi, "MI by class") +
+      (U.drop ? '<div class="rowlabel"><span>accuracy drop if zeroed</span><b title="largest per-class drop">' +
+        pct(U.max_drop[f]) + "</b></div>" + barsSVG(U.drop[f], maxDrop, "ablation drop by class", true) : "") +
       '<div class="stats">' + stats.join("") + "</div>" +
       '<div class="crits">' + critLine(f) + "</div></article>";
   }
@@ -328,10 +329,10 @@
       '</span><span class="nav"><button data-step="-1" title="previous (←)">‹ prev</button><button data-step="1" title="next (→)">next ›</button>' +
       '<button class="close" title="close (Esc)">✕</button></span></header>' +
       '<div class="dbody"><section class="imgs"><h3>Top ' + kk + " images: ActivMap region" +
-      (S.sheets.grad ? " (left) and GradMap (right)" : "") + '</h3><div class="figs">' + figs.join("") + "</div></section>" +
-      '<section class="side"><table class="facts">' + crits + facts + "</table>" +
+      (S.sheets.grad ? " (left) and GradMap (right)" : "") + '</h3><div class="figs">' + figs.join("") + "</div>" + nb +
+      '</section><section class="side"><table class="facts">' + crits + facts + "</table>" +
       barsTable(U.mi[f], "MI by class", false, function (v) { return num(v); }) +
-      barsTable(U.drop ? U.drop[f] : null, "Accuracy drop when zeroed", true, pct) + nb + "</section></div></div>";
+      barsTable(U.drop ? U.drop[f] : null, "Accuracy drop when zeroed", true, pct) + "</section></div></div>";
     detail.hidden = false;
     document.body.classList.add("modal");
     detail.querySelector(".close").focus();
