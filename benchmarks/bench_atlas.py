@@ -111,17 +111,18 @@ def main() -> None:
         inputs = RunInputs(pooled=pooled, labels=labels, predictions=predictions, class_names=dataset.classes,
                            config={"method": "synthetic", "data": "synthetic", "arch": f"2-conv K={k}"},
                            metrics={}, gate=gate)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         atlas = atlas_from_parts(model, dataset, inputs, top_k=args.top_k, level_images=args.level_images,
                                  gradmap=args.gradmap, batch_size=args.batch_size,
                                  run_info={"label": f"synthetic K={k}"})
-        t_data = time.perf_counter() - t
-        t = time.perf_counter()
+        t_data, c_data = time.perf_counter() - t, time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
         page = write_atlas_page(atlas, root / f"K{k}", sprite_format=args.sprite_format)
-        t_page = time.perf_counter() - t
+        t_page, c_page = time.perf_counter() - t, time.process_time() - c
         size = page_size(page.parent)
         row = {"K": k, "images": len(dataset), "level_images": args.level_images or len(dataset), "top_k": args.top_k,
                "gradmap": args.gradmap, "build_s": t_data + t_page, "data_s": t_data, "page_s": t_page,
+               "build_cpu_s": c_data + c_page,
                **{k_: round(v, 3) for k_, v in atlas.data["timing"].items()},
                "sprite_format": atlas_format(page.parent), "size": size}
         if args.browser:
@@ -129,16 +130,21 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
     print()
-    print(f"{'K':>5} {'build s':>8} {'levels s':>9} {'maps s':>7} {'page s':>7} {'total MiB':>10} {'json MiB':>9} "
+    print(f"{'K':>5} {'build s':>8} {'cpu s':>7} {'levels s':>9} {'maps s':>7} {'page s':>7} {'total MiB':>10} {'json MiB':>9} "
           f"{'sprites MiB':>12} {'files':>6}" + ("  first cards ms  load s  resort s" if args.browser else ""))
     for r in rows:
         s = r["size"]
-        line = (f"{r['K']:>5} {r['build_s']:>8.1f} {r['levels_s']:>9.1f} {r['maps_s']:>7.1f} {r['page_s']:>7.1f} "
+        line = (f"{r['K']:>5} {r['build_s']:>8.1f} {r['build_cpu_s']:>7.1f} {r['levels_s']:>9.1f} {r['maps_s']:>7.1f} {r['page_s']:>7.1f} "
                 f"{s['total'] / 2**20:>10.2f} {s['json'] / 2**20:>9.2f} {s['sprites'] / 2**20:>12.2f} {s['files']:>6}")
         if args.browser:
             b = r["browser"]
             line += f"  {b['first_cards_script_ms']:>14.0f} {b['page_load_s']:>7.2f} {b['resort_s']:>9.2f}"
         print(line)
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        print(f"K {b['K']} / K {a['K']}: build time x{b['build_s'] / a['build_s']:.1f}, CPU time "
+              f"x{b['build_cpu_s'] / a['build_cpu_s']:.1f}, page size x{b['size']['total'] / a['size']['total']:.1f} "
+              f"(filters x{b['K'] / a['K']:.0f})")
     print(f"pages in {root}")
 
 

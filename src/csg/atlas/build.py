@@ -110,6 +110,9 @@ def atlas_from_parts(model, dataset, inputs: RunInputs, *, layers: Sequence[str]
         raise CsgError(f"--quantile must lie strictly between 0 and 1 (0.3 = top 30%), got {quantile}")
     if thumb < 4:
         raise CsgError(f"--thumb must be at least 4 px, got {thumb}")
+    if not torch.is_tensor(getattr(dataset, "images", None)):
+        raise CsgError(f"the atlas needs the test images in memory, and {type(dataset).__name__} streams them; "
+                       "use the in-memory loader of the data (e.g. image-folder instead of image-folder-stream)")
     labels = inputs.labels
     n, k_feat = inputs.pooled.shape
     c = len(inputs.class_names)

@@ -44,6 +44,11 @@
 
   var CRIT_LABEL = {gate: "gate", mi: "MI argmax", ablation: "largest ablation drop"};
   var CRIT_SHORT = {gate: "gate", mi: "MI", ablation: "ablation"};
+  var CRIT_HELP = {
+    gate: "argmax over classes of the method's class-filter matrix (gate.npy: CSG gate, ICNN assignment, PICNN Q)",
+    mi: "argmax over classes of MI(a_k; 1[y = c]); MI is symmetric, so a filter that is silent on a class also " +
+        "tells much about it: compare with the top images",
+    ablation: "the class that loses most accuracy when this filter alone is zeroed"};
 
   // ---- state ------------------------------------------------------------------------------------
   var state = {layer: 0, sort: "filter", crit: "class", cls: -1, agree: "all", q: "", open: null};
@@ -302,7 +307,7 @@
     }
     var crits = L.criteria.map(function (cr) {
       var cc = U["class_" + cr][f];
-      return "<tr><th>" + esc(CRIT_LABEL[cr]) + '</th><td><i class="dot" style="background:' + colour(cc) + '"></i>' +
+      return '<tr><th title="' + esc(CRIT_HELP[cr]) + '">' + esc(CRIT_LABEL[cr]) + '</th><td><i class="dot" style="background:' + colour(cc) + '"></i>' +
         esc(className(cc)) + "</td></tr>";
     }).join("");
     var nb = "";
