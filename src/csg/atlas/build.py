@@ -23,7 +23,7 @@ from ..errors import CsgError
 from ..hooks import resolve_module
 from .dissection import clutter_masks, dissection_iou, pair_iou
 from .inputs import RunInputs, read_run_inputs
-from .maps import fit_levels, pair_maps
+from .maps import fit_levels, pair_feature_maps, pair_maps
 from .selection import top_images
 from .units import CRITERIA, NONE, unit_table
 
@@ -177,6 +177,10 @@ def atlas_from_parts(model, dataset, inputs: RunInputs, *, layers: Sequence[str]
         iou_obj = np.full((k, kk), np.nan) if masks is not None else None
         iou_clu = np.full((k, kk), np.nan) if masks is not None else None
         levels = torch.as_tensor(fit["levels"][name])
+        # every pair's map at the layer's resolution, each distinct top image run once (P x h x w is small)
+        all_img = torch.as_tensor(top_idx.reshape(-1))
+        low = pair_feature_maps(model, name, dataset.images, all_img, torch.arange(k).repeat_interleave(kk),
+                                batch_size=batch_size, device=device)
         starts = range(0, k, chunk)
         if progress:
             from tqdm.auto import tqdm
@@ -187,7 +191,7 @@ def atlas_from_parts(model, dataset, inputs: RunInputs, *, layers: Sequence[str]
             img = torch.as_tensor(top_idx[f0:f1].reshape(-1))
             filt = torch.arange(f0, f1).repeat_interleave(kk)
             pm = pair_maps(model, name, dataset.images, img, filt, levels, gradmap=gradmap, sigma=sigma,
-                           threshold=threshold, batch_size=batch_size, device=device)
+                           threshold=threshold, batch_size=batch_size, device=device, low=low[f0 * kk:f1 * kk])
             shape = (f1 - f0, kk)
             images = dataset.images[img.to(dataset.images.device)].cpu()
             tile["image"][f0:f1] = _shrink(images, (th, tw)).round().clamp(0, 255).to(torch.uint8).numpy().reshape(

@@ -4,8 +4,8 @@
    ``level_k = Q_{1-q}`` of filter k's upsampled map values over the split (METHOD.md section 5, the
    :class:`~csg.localization.DatasetQuantile` rule ``csg localize`` uses), plus the pooled activations
    of layers other than the feature layer (whose pooled values ``features.npz`` already holds).
-2. :func:`pair_maps` — one batched pass over (image, filter) pairs, the top images of each filter:
-   the ActivMap ``upsample(A_k(x))`` and, optionally, the GradMap of the pair (gradient of
+2. :func:`pair_feature_maps` + :func:`pair_maps` — one batched pass over (image, filter) pairs, the top
+   images of each filter (each distinct image run once): the ActivMap ``upsample(A_k(x))`` and, optionally, the GradMap of the pair (gradient of
    ``mean_hw A_k`` with respect to ``x``, L2 over colour, divided by its RMS, blurred: exactly
    :class:`~csg.localization.GradMap`, computed for pairs rather than for every image x filter).
 
@@ -118,14 +118,36 @@ def pair_gradients(model, layer: str, images: torch.Tensor, filters: torch.Tenso
     return g
 
 
+@torch.no_grad()
+def pair_feature_maps(model, layer: str, images: torch.Tensor, image_index: torch.Tensor, filters: torch.Tensor,
+                      *, batch_size: int = 64, device="cpu") -> torch.Tensor:
+    """``A_{f_p}(x_p)`` at the layer's resolution for every pair (``P x h x w``, CPU): each distinct image is
+    run once, however many filters have it among their top images, and only the pairs' channels are kept."""
+    uniq, inverse = torch.unique(image_index, return_inverse=True)
+    order = torch.argsort(inverse, stable=True)  # pairs grouped by image, so each batch gathers a slice
+    out = None
+    done = 0
+    for s in range(0, uniq.numel(), batch_size):
+        x = images[uniq[s:s + batch_size]].to(device=device, dtype=torch.float32) / 255.0
+        a = layer_maps(model, x, [layer])[layer]
+        out = torch.zeros((image_index.numel(),) + tuple(a.shape[2:])) if out is None else out
+        n_pairs = int((inverse[order[done:]] < s + a.shape[0]).sum())
+        sel = order[done:done + n_pairs]
+        rows = (inverse[sel] - s).to(a.device)
+        out[sel] = a[rows, filters[sel].to(a.device)].float().cpu()
+        done += n_pairs
+    return out if out is not None else torch.zeros((0, 1, 1))
+
+
 def pair_maps(model, layer: str, images: torch.Tensor, image_index: torch.Tensor, filters: torch.Tensor,
               levels: torch.Tensor, *, gradmap: bool = True, sigma: float = 5.0, threshold: float = 1.0,
-              batch_size: int = 64, device="cpu") -> dict[str, torch.Tensor]:
+              batch_size: int = 64, device="cpu", low: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """ActivMap (and GradMap) of each pair ``(image_index[p], filters[p])`` at the input size.
 
     Returns ``activ`` (``P x H x W`` float32), ``activ_region`` (``activ >= levels[f_p]``) and, with
-    ``gradmap``, ``grad`` and ``grad_region`` (``grad > threshold``), all on the CPU. The distinct images
-    are run once each for the ActivMaps; the GradMaps take one forward-backward per pair.
+    ``gradmap``, ``grad`` and ``grad_region`` (``grad > threshold``), all on the CPU. ``low``: the pairs'
+    maps at the layer's resolution when already computed (:func:`pair_feature_maps`, which runs each
+    distinct image once); the GradMaps take one forward-backward per pair.
     """
     p = image_index.numel()
     h, w = images.shape[-2:]
@@ -135,22 +157,15 @@ def pair_maps(model, layer: str, images: torch.Tensor, image_index: torch.Tensor
         out["grad_region"] = torch.zeros(p, h, w, dtype=torch.bool)
     if p == 0:
         return out
-    uniq, inverse = torch.unique(image_index, return_inverse=True)
+    if low is None:
+        low = pair_feature_maps(model, layer, images, image_index, filters, batch_size=batch_size, device=device)
     # compared in the maps' dtype, as DatasetQuantile.regions does in `csg localize`
     levels = torch.as_tensor(levels).float()
-    with torch.no_grad():  # ActivMaps: the feature-resolution maps of each distinct image, then gather
-        low = None
-        for s in range(0, uniq.numel(), batch_size):
-            x = images[uniq[s:s + batch_size]].to(device=device, dtype=torch.float32) / 255.0
-            a = layer_maps(model, x, [layer])[layer].float().cpu()
-            low = a.new_zeros((uniq.numel(),) + tuple(a.shape[1:])) if low is None else low
-            low[s:s + a.shape[0]] = a
-        pair_low = low[inverse, filters]  # P x h x w
-        step = _batch_size(h * w, 4096)
-        for s in range(0, p, step):
-            m = upsample(pair_low[s:s + step], (h, w))
-            out["activ"][s:s + step] = m
-            out["activ_region"][s:s + step] = m >= levels[filters[s:s + step]][:, None, None]
+    step = _batch_size(h * w, 4096)
+    for s in range(0, p, step):
+        m = upsample(low[s:s + step], (h, w))
+        out["activ"][s:s + step] = m
+        out["activ_region"][s:s + step] = m >= levels[filters[s:s + step]][:, None, None]
     if gradmap:
         for s in range(0, p, batch_size):
             x = images[image_index[s:s + batch_size]].to(device=device, dtype=torch.float32) / 255.0
