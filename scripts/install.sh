@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install csg and what it needs on a fresh Debian/Ubuntu machine (root or sudo).
 #   bash scripts/install.sh          # the package + the Fashion-MNIST data
-#   bash scripts/install.sh --test   # also the test tools (pytest, hypothesis, ART, Chromium)
+#   bash scripts/install.sh --test   # also the test tools (pytest, hypothesis, ART, Selenium, Chromium + its driver)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_tests=0
@@ -10,7 +10,7 @@ want_tests=0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
 apt_packages="dataset-fashion-mnist"
-[ "$want_tests" = 1 ] && apt_packages="$apt_packages chromium"
+[ "$want_tests" = 1 ] && apt_packages="$apt_packages chromium chromium-driver"
 missing=""
 for p in $apt_packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ] && command -v apt-get >/dev/null; then

@@ -33,6 +33,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_with(path: str | os.PathLike, write) -> Path:
     """Write ``path`` atomically with ``write(binary_file)``: temporary file, fsync, rename, fsync the folder.
 
@@ -42,6 +48,7 @@ def atomic_write_with(path: str | os.PathLike, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -22,6 +22,7 @@ from ..metrics import mis_ceiling
 from . import figures as F
 from . import html as H
 from . import sections as S
+from .atlas_page import atlas_links, atlas_section
 from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, RunResults, compare
 from .run_report import matrix_figures
 
@@ -289,6 +290,9 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path, *, reps: int = 20
         if section:
             body.append(section)
     body.append(H.section("Runs", _runs_table(runs, per_run, out), anchor="runs"))
+    atlas_hrefs, atlas_pair = atlas_links([(r.label, r.path) for r in runs], out)  # the runs' unit atlases
+    if atlas_hrefs:
+        body.append(atlas_section(atlas_hrefs, atlas_pair, out))
     if result["notes"]:
         body.append("".join(f'<p class="note">{H.esc(n)}</p>' for n in result["notes"]))
 
