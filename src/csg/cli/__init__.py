@@ -12,7 +12,7 @@ import sys
 
 from ..errors import CsgError
 
-COMMANDS = ("train", "evaluate", "analyze", "localize", "attack", "explain", "report", "compare", "prepare")
+COMMANDS = ("train", "evaluate", "analyze", "localize", "attack", "explain", "graph", "report", "compare", "prepare")
 
 
 def build_parser() -> argparse.ArgumentParser:

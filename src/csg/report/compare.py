@@ -15,7 +15,8 @@ run are placed side by side. When runs have ``localization.json`` or
 Avg-IoU, AP20, AP30 per method, the paper's VOC totals, overlay figures run by
 run) and an Adversarial section (clean accuracy, detector error per attack and
 training size, black-box success rates, the paper's Tables 3 and 4, figures
-run by run) follow the main table.
+run by run) follow the main table; runs with ``graph.json`` (``csg graph``) add an Explanatory graph table (node vs
+raw-filter instability and few-shot part errors, one row per run) with their evaluation figures.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from ..metrics import mis_ceiling
 from . import figures as F
 from . import html as H
 from . import sections as S
+from .graph_section import graph_compare_section
 from .run_report import _read_json, matrix_figures
 from .sections import num as _num
 
@@ -368,6 +370,9 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path) -> Path:
 
     result_sections, result_figs = _result_sections(runs, rows, per_run, out, figdir)
     body += result_sections
+    graph_html = graph_compare_section(runs, out, figdir, result_figs)  # csg graph: nodes vs raw filters
+    if graph_html:
+        body.append(graph_html)
 
     # per-run table with links to the run reports
     run_rows = []
