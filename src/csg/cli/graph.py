@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--voters", type=int, default=10, help="units that vote for a part")
     p.add_argument("--seed", type=int, default=0, help="seed of the images, nodes, negatives and shots")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch [all cores; on a busy shared machine 1 can be faster]")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the pictures")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                 "--parents": args.parents, "--parent-candidates": args.parent_candidates,
                 "--relink-every": args.relink_every, "--chunk": args.chunk, "--repeats": args.repeats,
                 "--voters": args.voters}
+    if args.threads is not None:
+        positive["--threads"] = args.threads
     if args.nodes_per_filter is not None:
         positive["--nodes-per-filter"] = args.nodes_per_filter
     if args.top_nodes is not None:
@@ -86,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
                               parent_candidates=args.parent_candidates, relink_every=args.relink_every,
                               chunk=args.chunk, seed=args.seed)
     run_dir = RunDir(args.run)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = graph_run(run_dir, layers, images=args.images, negatives=args.negatives,
                        num_negatives=args.num_negatives, rho=rho, nodes_per_filter=args.nodes_per_filter,
                        settings=settings, top_units=args.top_nodes, shots=shots, repeats=args.repeats,

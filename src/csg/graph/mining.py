@@ -509,7 +509,7 @@ def mine_graph(evidence: Sequence[torch.Tensor], strides: Sequence[Sequence[floa
                ) -> ExplanatoryGraph:
     """Mine the explanatory graph over layers given bottom to top, from the top layer down.
 
-    ``evidence[L]`` is N x K_L x H_L x W_L (see :func:`csg.graph.features.evidence_maps`), ``strides[L]``
+    ``evidence[L]`` is N x K_L x H_L x W_L (see :func:`csg.graph.features.prepare_layers`), ``strides[L]``
     the input pixels per cell. Nodes per filter: ``nodes_per_filter`` (one number or one per layer), else
     ``ceil(H W rho_L)`` with ``rho`` (default :data:`DEFAULT_RHO`). One chunk of every layer is timed
     first; ``on_estimate(seconds)`` hears the estimate, and an estimate above ``max_seconds`` raises
@@ -534,16 +534,16 @@ def mine_graph(evidence: Sequence[torch.Tensor], strides: Sequence[Sequence[floa
         rho = list(rho) if rho is not None else list(DEFAULT_RHO.get(layers_n, (0.1,) * layers_n))
         if len(rho) != layers_n:
             raise CsgError(f"{len(rho)} rho values for {layers_n} layers; give one per layer")
-        npfs = [nodes_per_filter_for(e, r) for e, r in zip(evidence, rho)]
+        npfs = [nodes_per_filter(e.shape[2:], r) for e, r in zip(evidence, rho)]
     if len(npfs) != layers_n or min(npfs) < 1:
         raise CsgError(f"nodes per filter must be one positive number per layer, got {npfs}")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(int(settings.seed))
     chunks_per_layer = (num_images + settings.chunk - 1) // settings.chunk
 
-    # one timed chunk per layer, with fresh nodes: the estimate before the long work
+    # one timed chunk per layer with fresh nodes, and one timed block of links: the estimate before the long work
     estimate = 0.0
-    for e, npf in zip(evidence, npfs):
+    for li, (e, npf) in enumerate(zip(evidence, npfs)):
         _, k, h, w = e.shape
         mu = initial_nodes(k, npf, (h, w), torch.Generator().manual_seed(0)).to(device).reshape(k, npf, 2)
         sig = torch.full((k, npf), settings.init_spread * min(h, w), device=device)
@@ -551,6 +551,16 @@ def mine_graph(evidence: Sequence[torch.Tensor], strides: Sequence[Sequence[floa
         t0 = time.perf_counter()
         e_step(ev, mu, sig, None, settings.init_spread * min(h, w), 1.0, settings)
         estimate += (time.perf_counter() - t0) * num_images / ev.shape[0] * (settings.iterations + 1)
+        if li + 1 < layers_n:  # the layer below this one links to it
+            n_child = k * npf
+            n_cand = min(int(settings.parent_candidates), int(evidence[li + 1].shape[1]) * npfs[li + 1])
+            block = min(n_child, 64)
+            dummy = torch.rand(max(block, n_cand), num_images, 2, device=device)
+            t0 = time.perf_counter()
+            link_parents(dummy[:block], dummy[:block, :, 0], dummy, torch.arange(n_cand, device=device),
+                         settings.parents)
+            links = (int(settings.iterations) - 1) // max(1, int(settings.relink_every)) + 1  # it = 2..iterations+1
+            estimate += (time.perf_counter() - t0) * n_child / block * links
     if on_estimate is not None:
         on_estimate(estimate)
     if max_seconds is not None and estimate > max_seconds:
@@ -581,10 +591,6 @@ def mine_graph(evidence: Sequence[torch.Tensor], strides: Sequence[Sequence[floa
     cfg["nodes_per_filter"] = npfs
     return ExplanatoryGraph(layers=list(mined), image_size=(int(image_size[0]), int(image_size[1])), settings=cfg,
                             seconds=time.perf_counter() - start, num_images=num_images)
-
-
-def nodes_per_filter_for(evidence: torch.Tensor, rho: float) -> int:
-    return nodes_per_filter(evidence.shape[2:], rho)
 
 
 def infer_graph(graph: ExplanatoryGraph, evidence: Sequence[torch.Tensor], *, device="cpu",

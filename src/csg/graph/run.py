@@ -167,8 +167,8 @@ def graph_run(run, layers: Sequence[str] | None = None, *, images: int = 300, ne
         dataset = dataset.subset(images, seed=settings.seed)
 
     def estimate(seconds: float) -> None:
-        say(f"mining {len(dataset)} images is estimated at {seconds / 60:.1f} min of E-steps "
-            "(from one timed chunk per layer; parent links come on top)")
+        say(f"mining {len(dataset)} images is estimated at {seconds / 60:.1f} min "
+            "(from one timed chunk per layer and one block of parent links)")
 
     mined = explanatory_graph(model, dataset.images, layers, negatives=neg, rho=rho,
                               nodes_per_filter=nodes_per_filter, settings=settings, device=device,

@@ -57,7 +57,7 @@ def graph_section(run_path: Path, page_dir: Path, data: dict, method: str | None
     seconds = data.get("seconds") if isinstance(data.get("seconds"), dict) else {}
     settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
     cards = [("images", data.get("num_images")), ("iterations", settings.get("iterations")),
-             ("seconds", round(float(seconds["total"]), 1) if num(seconds.get("total")) is not None else None)]
+             ("seconds", f"{float(seconds['total']):.0f}" if num(seconds.get("total")) is not None else None)]
     parts.append(H.cards(cards))
     if isinstance(data.get("negatives"), str):
         parts.append(f'<p class="note">Normalisation by negatives: {H.esc(data["negatives"])}.</p>')
@@ -81,7 +81,17 @@ def graph_section(run_path: Path, page_dir: Path, data: dict, method: str | None
                  H.fmt(values.get(f"{k}shot.fixed"))] for k in _shots(values)]
         if rows:
             parts.append("<h3>Few-shot part localization (error / diagonal)</h3>"
+                         '<p class="note">All layers\' units vote together; below, each layer alone.</p>'
                          + H.table(["shots", "graph nodes", "raw filters", "fixed position"], rows, raw=True))
+        few = (data.get("evaluation") or {}).get("few_shot") or {}
+        per = {k: b.get("per_layer") for k, b in few.items() if isinstance(b, dict) and isinstance(b.get("per_layer"), dict)}
+        if per:
+            ks = sorted(per, key=lambda s: (len(s), s))
+            lnames = [n for n in names if any(n in per[k] for k in ks)]
+            prow = [[H.esc(n)] + [H.fmt(num((per[k].get(n) or {}).get(u))) for k in ks for u in ("nodes", "raw_filters")]
+                    for n in lnames]
+            parts.append(H.table(["layer"] + [f"{k}-shot {u}" for k in ks for u in ("nodes", "raw filters")], prow,
+                                 raw=True))
     elif data.get("notes"):
         parts.append("".join(f'<p class="note">{H.esc(n)}</p>' for n in data["notes"]))
     parts.append(H.grid(figure_items(run_path, page_dir, data), wide=True))
