@@ -47,13 +47,13 @@ def synthetic_maps(name: str, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def bench_estep(device, images: int) -> list[dict]:
-    from csg.graph.mining import MiningSettings, e_step, initial_nodes, nodes_per_filter
+    from csg.graph.mining import MiningSettings, e_step, filter_node_count, initial_nodes
 
     rows = []
     st = MiningSettings()
     for name in SHAPES:
         k, h, w = SHAPES[name]
-        npf = nodes_per_filter((h, w), RHO[name])
+        npf = filter_node_count((h, w), RHO[name])
         ev = synthetic_maps(name, images).to(device, torch.float32)
         mu = initial_nodes(k, npf, (h, w), torch.Generator().manual_seed(0)).to(device).reshape(k, npf, 2)
         sig = torch.full((k, npf), 0.15 * h, device=device)

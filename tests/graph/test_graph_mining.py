@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from csg.graph.mining import (GraphLayer, MiningSettings, candidate_offsets, e_step, infer_graph, link_parents,
-                              mine_graph, mine_layer, nodes_per_filter, normal_pdf, parent_priors)
+from csg.graph.mining import (MiningSettings, candidate_offsets, e_step, filter_node_count, infer_graph, link_parents,
+                              mine_graph, mine_layer, normal_pdf, parent_priors)
 
 
 def blob(centre, size: int, sd: float = 1.0) -> torch.Tensor:
@@ -23,7 +23,7 @@ def test_two_jittered_blobs_give_two_nodes_at_their_centres():
     jitter = torch.randn(n, 2, 2, generator=g) * 0.7
     maps = torch.stack([blob(a + jitter[i, 0], h) + blob(b + jitter[i, 1], h) for i in range(n)])[:, None]
     maps = maps + 0.02 * torch.rand(maps.shape, generator=g)
-    lay = mine_layer("toy", maps, nodes_per_filter((h, h), 0.1), (1.0, 1.0), MiningSettings(iterations=25, chunk=24))
+    lay = mine_layer("toy", maps, filter_node_count((h, h), 0.1), (1.0, 1.0), MiningSettings(iterations=25, chunk=24))
     strength = lay.scores.mean(1)
     for centre in (a + jitter[:, 0].mean(0), b + jitter[:, 1].mean(0)):  # the blobs' mean centres
         dist = (lay.mu - centre).norm(dim=1)

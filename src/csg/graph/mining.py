@@ -132,7 +132,7 @@ class ExplanatoryGraph:
 # ------------------------------------------------------------------------------------------------
 # small pieces with formulas
 # ------------------------------------------------------------------------------------------------
-def nodes_per_filter(map_size: Sequence[int], rho: float) -> int:
+def filter_node_count(map_size: Sequence[int], rho: float) -> int:
     """``ceil(H * W * rho)`` (``initializeModel.m``), at least 1."""
     if not rho > 0:
         raise CsgError(f"rho (nodes per map cell) must be positive, got {rho}")
@@ -534,7 +534,7 @@ def mine_graph(evidence: Sequence[torch.Tensor], strides: Sequence[Sequence[floa
         rho = list(rho) if rho is not None else list(DEFAULT_RHO.get(layers_n, (0.1,) * layers_n))
         if len(rho) != layers_n:
             raise CsgError(f"{len(rho)} rho values for {layers_n} layers; give one per layer")
-        npfs = [nodes_per_filter(e.shape[2:], r) for e, r in zip(evidence, rho)]
+        npfs = [filter_node_count(e.shape[2:], r) for e, r in zip(evidence, rho)]
     if len(npfs) != layers_n or min(npfs) < 1:
         raise CsgError(f"nodes per filter must be one positive number per layer, got {npfs}")
     start = time.perf_counter()

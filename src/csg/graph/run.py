@@ -17,7 +17,7 @@ import torch
 from ..errors import CsgError
 from .evaluate import few_shot_localization, location_instability, raw_filter_units
 from .features import check_layers, default_layers, negative_spread, prepare_layers
-from .mining import DEFAULT_RHO, MiningSettings, graph_arrays, mine_graph
+from .mining import MiningSettings, graph_arrays, mine_graph
 
 SCHEMA = "csg.graph/1"
 #: the dataset whose negatives (object-free canvases) and landmarks csg generates itself
