@@ -85,11 +85,12 @@ def bench_scale(device, iterations: int) -> list[dict]:
         maps = [synthetic_maps(nm, n, seed=i) for i, nm in enumerate(names)]
         npf = [max(1, round(npf_scale * RHO[nm] * SHAPES[nm][1] * SHAPES[nm][2])) for nm in names]
         st = MiningSettings(iterations=iterations)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         mine_graph(maps, [STRIDES[nm] for nm in names], names=names, nodes_per_filter=npf, settings=st,
                    device=device)
         return {"layers": ",".join(names), "nodes": sum(SHAPES[nm][0] * p for nm, p in zip(names, npf)),
-                "images": n, "iterations": iterations, "seconds": time.perf_counter() - t}
+                "images": n, "iterations": iterations, "seconds": time.perf_counter() - t,
+                "cpu_seconds": time.process_time() - c}
 
     rows = []
     for names in (["layer3"], ["layer2", "layer3"], ["layer1", "layer2", "layer3"]):

@@ -167,7 +167,8 @@ def graph_run(run, layers: Sequence[str] | None = None, *, images: int = 300, ne
         dataset = dataset.subset(images, seed=settings.seed)
 
     def estimate(seconds: float) -> None:
-        say(f"mining {len(dataset)} images is estimated at {seconds / 60:.1f} min "
+        when = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+        say(f"mining {len(dataset)} images is estimated at {when} "
             "(from one timed chunk per layer and one block of parent links)")
 
     mined = explanatory_graph(model, dataset.images, layers, negatives=neg, rho=rho,
