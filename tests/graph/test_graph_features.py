@@ -62,6 +62,13 @@ def test_default_layers_of_resnet20_are_its_three_stages():
 
     with pytest.raises(CsgError, match="layer2"):
         capture_layers(model, torch.rand(1, 1, 32, 32), ["layer22"])
+    # a backbone with one top-level block (VGG's `features`): its last ReLUs, up to the feature layer
+    from csg.model import GatedClassifier
+
+    convs = [nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+             nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()]
+    vgg_like = GatedClassifier(nn.Sequential(nn.Sequential(*convs)), "0.5", 3, num_filters=4).eval()
+    assert default_layers(vgg_like, torch.rand(1, 1, 8, 8)) == ["0.1", "0.3", "0.5"]
 
 
 def test_location_instability_known_answer():

@@ -62,28 +62,42 @@ def capture_layers(model: nn.Module, images: torch.Tensor, names: Sequence[str])
 
 
 def default_layers(model: nn.Module, image: torch.Tensor, count: int = 3) -> list[str]:
-    """The last ``count`` top-level blocks of the backbone that give 4-D maps, in the order the forward pass
-    calls them, up to the feature layer (ResNet-20: ``layer1, layer2, layer3``)."""
+    """The layers mined when none are named, in the order the forward pass calls them, up to the feature layer:
+    the backbone's last ``count`` top-level blocks that give 4-D maps (ResNet-20: ``layer1, layer2, layer3``;
+    ResNet-18: ``layer2, layer3, layer4``), or, when it has fewer than two (VGG's single ``features``
+    Sequential), its last ``count`` ReLUs (VGG-16: ``conv5_1..conv5_3``)."""
     root = getattr(model, "backbone", model)
     feature = getattr(model, "feature_layer", None) or None
-    order: list[str] = []
+    calls: list[tuple[str, bool]] = []  # (name, is a ReLU) of every module giving 4-D maps, in call order
     handles = []
-    for name, child in root.named_children():
-        def hook(_m, _i, output, _name=name):
-            if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[2:]) >= 2 and _name not in order:
-                order.append(_name)
-        handles.append(child.register_forward_hook(hook))
+    for name, module in root.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _i, output, _name=name, _relu=isinstance(module, nn.ReLU)):
+            if torch.is_tensor(output) and output.dim() == 4 and min(output.shape[2:]) >= 2:
+                calls.append((_name, _relu))
+        handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
             model(image[:1])
     finally:
         for h in handles:
             h.remove()
-    if feature and feature.split(".")[0] in order:
-        order = order[: order.index(feature.split(".")[0]) + 1]
-    if len(order) < 2:
+    names = [n for n, _ in calls]
+    if feature in names:
+        calls = calls[: len(names) - names[::-1].index(feature)]  # up to the feature layer's (last) call
+    top: list[str] = []
+    for name, _ in calls:
+        if "." not in name and name not in top:
+            top.append(name)
+    if len(top) >= 2:
+        return top[-count:]
+    relus = [n for n, relu in calls if relu]
+    relus = list(dict.fromkeys(relus))
+    if len(relus) < 2:
         raise CsgError("could not find two convolutional blocks to mine; name them with --layers")
-    return order[-count:]
+    return relus[-count:]
 
 
 def _batches(images: torch.Tensor, batch_size: int, device):
