@@ -52,8 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--voters", type=int, default=10, help="units that vote for a part")
     p.add_argument("--seed", type=int, default=0, help="seed of the images, nodes, negatives and shots")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch [all cores; on a busy shared machine 1 can be faster]")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (1: on a busy shared machine more threads were measured slower; "
+                        "raise it on an idle multi-core machine)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the pictures")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)

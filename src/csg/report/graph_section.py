@@ -153,7 +153,9 @@ def graph_compare_section(runs: Sequence, out: Path, figdir: Path, fig_entries: 
             atomic_write_bytes(dst, src.read_bytes())
             figs.append(H.figure(dst, out, f"{r.label} ({r.method}): {fig.get('caption', '')}"))
             fig_entries.append({"path": dst.relative_to(out).as_posix(), "caption": f"{r.label}: graph evaluation"})
-    inner = (NOTE + H.table(headers, rows + agg_rows, raw=True)
+    same = ('<p class="note">Runs of the same data mined with the same <code>--images</code> and <code>--seed</code> '
+            "use the same test canvases (a stratified seeded subset).</p>")
+    inner = (NOTE + same + H.table(headers, rows + agg_rows, raw=True)
              + ('<div class="pair">' + "".join(figs) + "</div>" if figs else ""))
     return H.section("Explanatory graph (graph.json), run by run", inner, anchor="graph")
 
