@@ -61,6 +61,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..errors import CsgError
     from ..graph.mining import MiningSettings
     from ..graph.run import graph_run
@@ -70,9 +72,7 @@ def run(args: argparse.Namespace) -> int:
     positive = {"--images": args.images, "--num-negatives": args.num_negatives, "--iterations": args.iterations,
                 "--parents": args.parents, "--parent-candidates": args.parent_candidates,
                 "--relink-every": args.relink_every, "--chunk": args.chunk, "--repeats": args.repeats,
-                "--voters": args.voters}
-    if args.threads is not None:
-        positive["--threads"] = args.threads
+                "--voters": args.voters, "--threads": args.threads}
     if args.nodes_per_filter is not None:
         positive["--nodes-per-filter"] = args.nodes_per_filter
     if args.top_nodes is not None:
@@ -91,15 +91,16 @@ def run(args: argparse.Namespace) -> int:
                               parent_candidates=args.parent_candidates, relink_every=args.relink_every,
                               chunk=args.chunk, seed=args.seed)
     run_dir = RunDir(args.run)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    result = graph_run(run_dir, layers, images=args.images, negatives=args.negatives,
-                       num_negatives=args.num_negatives, rho=rho, nodes_per_filter=args.nodes_per_filter,
-                       settings=settings, top_units=args.top_nodes, shots=shots, repeats=args.repeats,
-                       voters=args.voters, device=resolve_device(args.device), progress=args.progress,
-                       max_minutes=args.max_minutes, figures=args.figures, log=print)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        result = graph_run(run_dir, layers, images=args.images, negatives=args.negatives,
+                           num_negatives=args.num_negatives, rho=rho, nodes_per_filter=args.nodes_per_filter,
+                           settings=settings, top_units=args.top_nodes, shots=shots, repeats=args.repeats,
+                           voters=args.voters, device=resolve_device(args.device), progress=args.progress,
+                           max_minutes=args.max_minutes, figures=args.figures, log=print)
+    finally:
+        torch.set_num_threads(threads)  # a caller's own setting (main() is also called in-process)
     for lay in result["layers"]:
         print(f"{lay['name']:<10} {lay['num_nodes']:>6} nodes ({lay['filters']} filters x {lay['nodes_per_filter']}), "
               f"map {lay['map_size'][0]}x{lay['map_size'][1]}, mean sigma {lay['mean_sigma']:.2f} cells")
