@@ -22,6 +22,7 @@ _LAZY = {
     "ICNNMethod": "csg.methods.icnn", "PICNNMethod": "csg.methods.picnn",
     "run_analyses": "csg.analysis", "build_run_report": "csg.report", "compare_runs": "csg.report",
     "localize_run": "csg.localization", "attack_run": "csg.adversarial", "explain_run": "csg.explain",
+    "explanatory_graph": "csg.graph", "graph_run": "csg.graph",
 }
 
 

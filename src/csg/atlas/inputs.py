@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import CsgError
+from ..core.run_files import ANALYSIS_ARRAYS, FEATURES
 
 
 @dataclass
@@ -58,7 +59,7 @@ def read_run_inputs(run) -> RunInputs:
     names = cfg.get("classes")
     names = [str(x) for x in names] if isinstance(names, list) and len(names) == c else [str(i) for i in range(c)]
     notes: list[str] = []
-    sources: dict[str, str] = {"pooled": "features.npz"}
+    sources: dict[str, str] = {"pooled": FEATURES}
     out = RunInputs(pooled=pooled, labels=labels, predictions=predictions, class_names=names, config=cfg,
                     metrics=metrics, notes=notes, sources=sources)
     if run.has("mi_matrix.npy"):
@@ -68,9 +69,9 @@ def read_run_inputs(run) -> RunInputs:
     out.gate = _shaped("gate.npy", run.gate(), (c, k), notes)
     if out.gate is not None:
         sources["gate"] = "gate.npy"
-    if run.has("analysis.npz"):
+    if run.has(ANALYSIS_ARRAYS):
         try:
-            with np.load(run.file("analysis.npz"), allow_pickle=False) as z:
+            with np.load(run.file(ANALYSIS_ARRAYS), allow_pickle=False) as z:
                 arrays = {key: z[key] for key in ("ablation_drop", "selectivity", "correlation") if key in z.files}
         except Exception as exc:  # a torn file: say so and compute the pieces instead
             notes.append(f"analysis.npz unreadable ({type(exc).__name__}); ablation recomputed")
@@ -80,7 +81,7 @@ def read_run_inputs(run) -> RunInputs:
         out.correlation = _shaped("analysis.npz correlation", arrays.get("correlation"), (k, k), notes)
         for key in ("ablation_drop", "selectivity", "correlation"):
             if getattr(out, key) is not None:
-                sources[key] = "analysis.npz"
+                sources[key] = ANALYSIS_ARRAYS
     if labels.shape[0] != n:
         raise CsgError(f"features.npz has {n} feature rows but {labels.shape[0]} labels; re-run `csg evaluate`")
     return out

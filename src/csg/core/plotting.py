@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.io import atomic_write_bytes
+from .io import atomic_write_bytes
 
 DPI = 110
 

@@ -111,6 +111,11 @@ class ImageDataset:
         mean, std: per-channel statistics of the *training* set's [0, 1] pixel
             values (fixed per dataset; given to the model for normalisation).
             When omitted they are computed from ``images``.
+        layout: optional int64 (N, 3) placement of the object on the image
+            (side, top row, left column), for sets that paste objects.
+        landmarks: optional float32 (N, P, 2) part positions (row, column; pixel
+            centres at integers), with ``landmark_valid`` (N, P) bool and
+            ``landmark_names`` (P names).
     """
 
     name: str
@@ -120,6 +125,13 @@ class ImageDataset:
     masks: torch.Tensor | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    layout: torch.Tensor | None = None
+    landmarks: torch.Tensor | None = None
+    landmark_valid: torch.Tensor | None = None
+    landmark_names: list[str] | None = None
+
+    #: per-image tensors carried along by ``select`` and ``to``
+    PER_IMAGE = ("masks", "layout", "landmarks", "landmark_valid")
 
     def __post_init__(self) -> None:
         if not torch.is_tensor(self.images) or self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -142,6 +154,23 @@ class ImageDataset:
                 raise CsgError(f"{self.name}: masks must be a bool tensor ({n}, {h}, {w}), got {_describe(self.masks)}")
             if self.masks.dtype != torch.bool:
                 self.masks = self.masks.bool()
+        n = self.images.shape[0]
+        if self.layout is not None and (not torch.is_tensor(self.layout) or tuple(self.layout.shape) != (n, 3)):
+            raise CsgError(f"{self.name}: layout must be a tensor ({n}, 3), got {_describe(self.layout)}")
+        if self.landmarks is not None:
+            lm, valid = self.landmarks, self.landmark_valid
+            if not torch.is_tensor(lm) or lm.dim() != 3 or lm.shape[0] != n or lm.shape[2] != 2:
+                raise CsgError(f"{self.name}: landmarks must be a tensor ({n}, P, 2), got {_describe(lm)}")
+            if valid is None:
+                valid = torch.isfinite(lm).all(-1)
+            if not torch.is_tensor(valid) or tuple(valid.shape) != tuple(lm.shape[:2]):
+                raise CsgError(f"{self.name}: landmark_valid must be a tensor {tuple(lm.shape[:2])}, "
+                               f"got {_describe(valid)}")
+            self.landmark_valid = valid.bool()
+            names = self.landmark_names or [f"part{p}" for p in range(lm.shape[1])]
+            if len(names) != lm.shape[1]:
+                raise CsgError(f"{self.name}: {len(names)} landmark names for {lm.shape[1]} landmarks")
+            self.landmark_names = [str(x) for x in names]
         if self.mean is None or self.std is None:
             mean, std = channel_stats(self.images)
             self.mean = tuple(self.mean) if self.mean is not None else mean
@@ -180,9 +209,10 @@ class ImageDataset:
     def select(self, indices: torch.Tensor | Sequence[int]) -> "ImageDataset":
         """The images at ``indices`` (same classes, mean and std)."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
+        extra = {k: None if getattr(self, k) is None else getattr(self, k)[idx.to(getattr(self, k).device)]
+                 for k in self.PER_IMAGE}
         return replace(self, images=self.images[idx.to(self.images.device)],
-                       labels=self.labels[idx.to(self.labels.device)],
-                       masks=None if self.masks is None else self.masks[idx.to(self.masks.device)])
+                       labels=self.labels[idx.to(self.labels.device)], **extra)
 
     def subset(self, n: int, seed: int = 0) -> "ImageDataset":
         """A seeded subset of ``n`` images, stratified so each class keeps its share.
@@ -201,8 +231,8 @@ class ImageDataset:
     def to(self, device: str | torch.device) -> "ImageDataset":
         """A copy held on ``device`` (still uint8): batches are then gathered there, with no transfer."""
         device = torch.device(device)
-        return replace(self, images=self.images.to(device), labels=self.labels.to(device),
-                       masks=None if self.masks is None else self.masks.to(device))
+        extra = {k: None if getattr(self, k) is None else getattr(self, k).to(device) for k in self.PER_IMAGE}
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device), **extra)
 
     # ---- batches -----------------------------------------------------------
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,

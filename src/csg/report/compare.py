@@ -23,6 +23,7 @@ from . import figures as F
 from . import html as H
 from . import sections as S
 from .atlas_page import atlas_links, atlas_section
+from .graph_section import graph_compare_section
 from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, RunResults, compare
 from .run_report import matrix_figures
 
@@ -286,7 +287,8 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path, *, reps: int = 20
                               "without replacement). ✓ marks an interval that excludes 0.</p>" + diff_table,
                               anchor="differences"))
     for section in (_localization_section(rows, diffs, runs, out, figdir, fig_entries),
-                    _adversarial_section(rows, diffs, runs, out, figdir, fig_entries)):
+                    _adversarial_section(rows, diffs, runs, out, figdir, fig_entries),
+                    graph_compare_section(runs, out, figdir, fig_entries)):   # csg graph: nodes vs raw filters
         if section:
             body.append(section)
     body.append(H.section("Runs", _runs_table(runs, per_run, out), anchor="runs"))

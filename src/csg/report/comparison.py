@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import CsgError
-from ..core.run_files import (ADVERSARIAL, ADVERSARIAL_ARRAYS, ANALYSIS, FEATURES, LOCALIZATION,
+from ..core.run_files import (ADVERSARIAL, ADVERSARIAL_ARRAYS, ANALYSIS, FEATURES, GRAPH, LOCALIZATION,
                               LOCALIZATION_ARRAYS, MI_MATRIX)
 from ..metrics import (mis_ceiling, mutual_information_matrix, paired_bootstrap_mean_difference,
                        paired_t_interval, subsample_interval)
@@ -75,6 +75,7 @@ class RunResults:
         self.analysis = _read_json(self.path / ANALYSIS)
         self.localization = self._schema(LOCALIZATION, "csg.localization/2", "localize")
         self.adversarial = self._schema(ADVERSARIAL, "csg.adversarial/2", "attack")
+        self.graph = _read_json(self.path / GRAPH)
         C = self.metrics.get("num_classes") or self.cfg.get("num_classes")
         self.num_classes = int(C) if C else None
 
@@ -114,6 +115,10 @@ class RunResults:
             out[key] = total
         for key, value in self.adversarial_values().items():
             out[key] = value
+        if self.graph is not None:
+            from .graph_section import graph_values
+
+            out.update({f"graph.{k}": v for k, v in graph_values(self.graph).items()})
         return out
 
     # ---- localization ------------------------------------------------------------------------------------
@@ -278,7 +283,7 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
 
 def _metric_keys(keys: list[str]) -> list[str]:
     """The metrics compared against STD, in the page's order."""
-    extra = sorted(k for k in keys if k.startswith(("loc.", "detection.", "blackbox.")))
+    extra = sorted(k for k in keys if k.startswith(("loc.", "detection.", "blackbox.", "graph.")))
     return [k for k in MAIN_METRICS if k in keys or k == "gap_closed"] + extra
 
 

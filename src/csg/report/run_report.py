@@ -7,7 +7,8 @@ when ``localization.json`` exists (``csg localize``: GradMap / ActivMap / CAM
 totals and per-class Avg-IoU, AP20, AP30, overlay figures), an Adversarial
 section when ``adversarial.json`` exists (``csg attack``: detector error per
 attack and training size with its spread, black-box success rates, clean
-accuracy, figures), every figure listed by any other ``RUN/*.json`` with a
+accuracy, figures), an Explanatory graph section when ``graph.json`` exists (``csg graph``: layers,
+location instability and few-shot part errors of nodes vs raw filters, figures), every figure listed by any other ``RUN/*.json`` with a
 ``figures`` list (one section per file), the metrics table and the
 configuration. Figures drawn here go to ``RUN/figures/``.
 """
@@ -23,6 +24,7 @@ from ..core.io import atomic_write_text, to_json
 from . import figures as F
 from . import html as H
 from . import sections as S
+from .graph_section import graph_section
 from .sections import adversarial_section, localization_section
 from .sections import num as _num
 
@@ -32,6 +34,7 @@ SKIP_JSON = {"config.json", "metrics.json"}
 DEDICATED_JSON = (
     ("localization.json", "Localization (localization.json)", "localization", localization_section, "localize"),
     ("adversarial.json", "Adversarial samples (adversarial.json)", "adversarial", adversarial_section, "attack"),
+    ("graph.json", "Explanatory graph (graph.json)", "graph", graph_section, "graph"),
 )
 
 

@@ -16,7 +16,8 @@ from . import html as H
 #: (key in localization.json, label) in the paper's order
 LOC_METHODS = (("gradmap", "GradMap"), ("activmap", "ActivMap"), ("cam", "CAM"))
 LOC_METRICS = (("avg_iou", "Avg-IoU"), ("ap20", "AP20"), ("ap30", "AP30"))
-SCHEMAS = {"localization.json": ("csg.localization/2", "localize"), "adversarial.json": ("csg.adversarial/2", "attack")}
+SCHEMAS = {"localization.json": ("csg.localization/2", "localize"), "adversarial.json": ("csg.adversarial/2", "attack"),
+           "graph.json": ("csg.graph/1", "graph")}
 
 #: METHOD.md section 5: PASCAL VOC, ResNet-152, totals (CSG, STD); metrics the paper does not give are absent
 PAPER_LOCALIZATION_VOC = {
