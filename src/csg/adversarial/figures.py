@@ -98,4 +98,28 @@ def plot_detection(detection: dict[str, dict], path: str | Path, *, title: str =
     return out
 
 
-__all__ = ["plot_examples", "plot_detection"]
+
+def render_figures(result, folder: str | Path, *, title: str = "") -> list[dict]:
+    """Draw the figures of an :class:`AdversarialResult` into ``folder``; returns ``[{path, caption}]``.
+
+    Paths are relative to the run directory (``figures/...``) when ``folder``
+    is the run's figures folder, as the report expects.
+    """
+    folder = Path(folder)
+    out = []
+    if result.examples:
+        plot_examples(result.examples, folder / "adversarial_examples.png", classes=result.classes)
+        out.append({"path": f"{folder.name}/adversarial_examples.png",
+                    "caption": "Example per attack: clean image, adversarial image and the difference amplified "
+                               "to the full colour range."})
+    detection = result.summary.get("detection", {})
+    if any(detection.values()):
+        plot_detection(detection, folder / "adversarial_detection.png",
+                       title=f"Detector error ({title})" if title else "Detector error")
+        out.append({"path": f"{folder.name}/adversarial_detection.png",
+                    "caption": "Random-forest detector error rate against training images per class, mean and "
+                               "std over repeats, per attack."})
+    return out
+
+
+__all__ = ["plot_examples", "plot_detection", "render_figures"]
