@@ -21,6 +21,7 @@ each (:class:`BlockFeatures`), so the hot path has no loop over samples.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +68,15 @@ class AttackCost:
     def passes_per_image(self) -> float:
         return self.passes / self.images if self.images else float(self.budget_passes)
 
-    def yield_per_class(self) -> np.ndarray:
-        """Usable pairs per attacked image, per class (Laplace-smoothed: 1 before any image)."""
-        return (self.usable + 1.0) / (self.attacked + 1.0)
+    def yield_per_class(self, prior: float = 10.0) -> np.ndarray:
+        """Usable pairs per attacked image, per class, shrunk towards the attack's overall yield.
+
+        ``(usable_c + prior * Y) / (attacked_c + prior)`` with ``Y`` the overall
+        yield (1 before any image), so a class seen a few times is not taken at
+        its raw ratio; never below one in a million.
+        """
+        overall = (self.usable.sum() + 1.0) / (self.attacked.sum() + 1.0)
+        return np.maximum((self.usable + prior * overall) / (self.attacked + prior), 1e-6)
 
 
 class PairCollector:
@@ -111,7 +118,9 @@ class PairCollector:
         if self.finished:
             return 0.0
         per_image = self.cost.passes_per_image() + 2 * FORWARD
-        left = self.remaining / self.cost.yield_per_class()
+        # Images a class still needs, but never more than the split still holds of it.
+        available = np.bincount(self.labels_np[self.order[self.pos:]], minlength=self.num_classes)
+        left = np.minimum(self.remaining / self.cost.yield_per_class(), available)
         images = max(float(left.sum()), float(self.sample_size - self.correct_seen))
         return min(images, float(len(self.order) - self.pos)) * per_image
 
@@ -122,17 +131,28 @@ class PairCollector:
             self.on_passes(len(x) * FORWARD)
         return out
 
-    def step(self) -> int:
-        """Attack one batch of the order; returns the images attacked."""
+    def _chunk_size(self) -> int:
+        """Images per step: the batch size, or for a streaming attack (CW) up to four batches, as many as the
+        work left needs, so its working set stays full while samples finish at different iterations."""
+        if not getattr(self.attack, "streams", False) or not self.cost.images:
+            return self.batch_size
+        needed = max(float(np.minimum(self.remaining / self.cost.yield_per_class(), len(self.order)).sum()),
+                     float(self.sample_size - self.correct_seen))
+        return int(min(4 * self.batch_size, max(self.batch_size, math.ceil(needed))))
+
+    def step(self, size: int | None = None) -> int:
+        """Attack one batch of the order (``size`` images, default the batch size or more for CW); returns the
+        images attacked."""
         if self.finished:
             return 0
+        size = int(size) if size else self._chunk_size()
         if self.correct_seen < self.sample_size:
-            chunk = self.order[self.pos:self.pos + self.batch_size]
+            chunk = self.order[self.pos:self.pos + size]
             self.pos += len(chunk)
         else:
             # Only classes that still need pairs; a full batch of them keeps the attack at its batch size.
             rest = self.order[self.pos:]
-            hits = np.flatnonzero(self.remaining[self.labels_np[rest]] > 0)[:self.batch_size]
+            hits = np.flatnonzero(self.remaining[self.labels_np[rest]] > 0)[:size]
             if hits.size == 0:
                 self.pos = len(self.order)
                 return 0

@@ -63,7 +63,7 @@ def _positive_int(name: str, value) -> int:
 
 
 def check_settings(*, attacks: Sequence[str], train_sizes: Sequence[int], test_size: int, repeats: int,
-                   success_samples: int, blackbox: Sequence[str], blackbox_samples: int, batch_size: int,
+                   success_samples: int | None, blackbox: Sequence[str], blackbox_samples: int, batch_size: int,
                    n_estimators: int, query_budget: int | None, jobs: int | None) -> tuple[list[str], list[str],
                                                                                             list[int]]:
     """Validate the options before anything is loaded; returns the cleaned attack lists and sizes."""
@@ -80,10 +80,11 @@ def check_settings(*, attacks: Sequence[str], train_sizes: Sequence[int], test_s
     sizes = sorted({_positive_int("every training size", n) for n in train_sizes})
     if attacks and not sizes:
         raise CsgError("the detector needs at least one training size")
-    for name, value in (("test_size", test_size), ("repeats", repeats), ("success_samples", success_samples),
-                        ("blackbox_samples", blackbox_samples), ("batch_size", batch_size),
-                        ("n_estimators", n_estimators)):
+    for name, value in (("test_size", test_size), ("repeats", repeats), ("blackbox_samples", blackbox_samples),
+                        ("batch_size", batch_size), ("n_estimators", n_estimators)):
         _positive_int(name, value)
+    if success_samples is not None:
+        _positive_int("success_samples", success_samples)
     if query_budget is not None:
         _positive_int("query_budget", query_budget)
     if jobs is not None:
@@ -164,7 +165,7 @@ class _PoolEstimate:
         self.cost, self.per_class = cost, per_class
 
     def remaining_passes(self) -> float:
-        left = self.per_class / self.cost.yield_per_class()
+        left = np.minimum(self.per_class / self.cost.yield_per_class(), self.per_class * 10)
         return float(left.sum()) * (self.cost.passes_per_image() + 2 * FORWARD)
 
 
@@ -182,7 +183,7 @@ class _BlackBoxWork:
 # ------------------------------------------------------------------------------------------- compute
 def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", "pgd", "cw"),
                         train_sizes: Sequence[int] = (500, 1000, 2000), test_size: int = 100, repeats: int = 5,
-                        success_samples: int = 1000, blackbox: Sequence[str] = ("one-pixel", "local-search"),
+                        success_samples: int | None = None, blackbox: Sequence[str] = ("one-pixel", "local-search"),
                         blackbox_samples: int = 100, targeted: bool = True, successful_only: bool = True,
                         seed: int = 0, device: str = "auto", batch_size: int = 256,
                         attack_options: dict[str, dict] | None = None,
@@ -192,7 +193,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                         on_estimate: Callable[[dict], None] | None = None) -> AdversarialResult:
     """Run the whole adversarial experiment on a run directory and return its result (nothing is written).
 
-    Every option is checked before the model is loaded. ``on_estimate`` is
+    ``success_samples`` (default ``test_size`` x classes) sets the size of the
+    success-rate sample. Every option is checked before the model is loaded. ``on_estimate`` is
     called once, after the first batch of every white-box attack, with
     ``{"seconds", "white_box_seconds", "detector_seconds", "black_box_seconds"}``
     (the black-box part is an upper bound: every image at its full budget).
@@ -220,6 +222,9 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
         p.requires_grad_(False)  # only input gradients are needed
     notes: list[str] = []
     num_classes = int(model.num_classes)
+    # The success sample defaults to as many images as the detector's test pairs (1000 at the paper's 100 per
+    # class), most of which it attacks anyway: a fixed sample that costs little beyond the pairs.
+    success_samples = int(success_samples) if success_samples is not None else int(test_size) * num_classes
     classes = list(getattr(test_ds, "classes", [])) or [str(i) for i in range(num_classes)]
     train_ds = None
     if attacks:
@@ -322,11 +327,14 @@ def _white_box(summary, arrays, examples, meter, model, run, train_ds, test_imag
             out.append(p["train"] if p["train"] is not None else _PoolEstimate(p["cost"], largest))
         return out
 
-    # One batch of every attack first: the estimate of the whole run rests on measured costs.
+    # A first total from the budgets, then one batch of every attack (a short one for CW, whose images cost
+    # up to 500 passes): the estimate of the whole run rests on measured costs.
+    meter.estimate(pending())
     for p in plans:
         t0 = time.perf_counter()
-        p["test"].step()
+        p["test"].step(min(batch_size, 64) if p["attack"].streams else None)
         p["seconds"] += time.perf_counter() - t0
+        meter.estimate(pending())
     remaining = meter.estimate(pending())
     rate = meter.rate
     forest = _forest_seconds(summary["feature_dim"], train_sizes, num_classes, repeats, n_estimators, jobs)

@@ -29,8 +29,7 @@ class WorkMeter:
     def __init__(self, *, progress: bool = True, desc: str = "csg attack"):
         self.done = 0.0
         self.started = time.perf_counter()
-        self.bar = tqdm(total=1, desc=desc, unit="pass", unit_scale=True, leave=False, disable=not progress,
-                        bar_format="{l_bar}{bar}| {n:.3g}/{total:.3g} passes [{elapsed}<{remaining}, {rate_fmt}]")
+        self.bar = tqdm(total=1, desc=desc, unit="pass", unit_scale=True, leave=False, disable=not progress)
 
     def add(self, passes: float) -> None:
         self.done += float(passes)

@@ -26,8 +26,7 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 # (flag, attribute, lowest allowed) for the whole-number options; checked before the run is read.
-_COUNTS = (("--test-size", "test_size", 1), ("--repeats", "repeats", 1), ("--success-samples", "success_samples", 1),
-           ("--batch-size", "batch_size", 1), ("--blackbox-samples", "blackbox_samples", 1),
+_COUNTS = (("--test-size", "test_size", 1), ("--repeats", "repeats", 1), ("--batch-size", "batch_size", 1), ("--blackbox-samples", "blackbox_samples", 1),
            ("--pgd-steps", "pgd_steps", 1), ("--cw-steps", "cw_steps", 1), ("--cw-search-steps", "cw_search_steps", 1),
            ("--trees", "trees", 1), ("--op-population", "op_population", 5), ("--op-generations", "op_generations", 0),
            ("--ls-rounds", "ls_rounds", 1), ("--ls-d", "ls_d", 0), ("--ls-t", "ls_t", 1))
@@ -51,9 +50,9 @@ def add_parser(sub) -> None:
     g.add_argument("--train-sizes", default="500,1000,2000", help="detector training images per class [%(default)s]")
     g.add_argument("--test-size", type=int, default=100, help="detector test images per class [%(default)s]")
     g.add_argument("--repeats", type=int, default=5, help="seeded repeats of the detector [%(default)s]")
-    g.add_argument("--success-samples", type=int, default=1000,
-                   help="correctly classified test images (first of the seeded order) on which each attack's "
-                        "success rate is measured [%(default)s]")
+    g.add_argument("--success-samples", type=int, default=None,
+                   help="correctly classified test images (the first of the seeded order) on which each attack's "
+                        "success rate is measured [test size x classes: 1000 at the defaults]")
     tg = g.add_mutually_exclusive_group()
     tg.add_argument("--targeted", dest="targeted", action="store_true", default=True,
                     help="target a seeded random other class (default, Appendix I)")
@@ -120,6 +119,8 @@ def check_args(args: argparse.Namespace) -> None:
         if not inside:
             bounds = f"{'[' if low_ok else '('}{low:g}, {high:g}]" if math.isfinite(high) else f"> {low:g}"
             raise CsgError(f"{flag} must be {'in ' + bounds if math.isfinite(high) else bounds}, got {value}")
+    if args.success_samples is not None and args.success_samples < 1:
+        raise CsgError(f"--success-samples must be at least 1, got {args.success_samples}")
     if args.query_budget is not None and args.query_budget < 1:
         raise CsgError(f"--query-budget must be at least 1 model query per image, got {args.query_budget}")
     if (args.query_budget is not None and "one-pixel" in _names(args.blackbox)
