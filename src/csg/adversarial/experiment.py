@@ -369,6 +369,7 @@ def _white_box(summary, arrays, examples, meter, model, run, train_ds, test_imag
             test_pool, train_pool = p["test"].pool(), p["train"].pool()
             if len(train_pool["labels"]) and len(test_pool["labels"]):
                 t1 = time.perf_counter()
+                fits.unpause()  # the bar's rate counts fitting time only, not the attacks between
                 det = detection_experiment(train_pool, test_pool, train_sizes, test_size, repeats=repeats,
                                            seed=seed, n_estimators=n_estimators, n_jobs=jobs,
                                            on_fit=lambda: fits.update(1))
