@@ -15,6 +15,10 @@ compared with a raw row of as many passes (``raw x k``, its own column: its
 rate over the one-pass raw rate), so on a shared machine both face the same
 odds of an interruption.
 
+Then the black-box attacks: model queries per second (a query is one image
+through a forward pass) against the forward-only rate; the attacks stop early
+on success, so each call's queries are counted.
+
 ``--run`` uses a trained run (ResNet-20 Fashion-MNIST in the docs) and its
 test images; without it an untrained ResNet-20 on random 1 x 28 x 28 images.
 ``--pairs N`` times the detector-pair collection of N images per class for
@@ -129,6 +133,7 @@ def main() -> None:
         if name.startswith("raw"):
             reference = rate
         print(f"{name:28s} {rate:20.1f} {rate / reference if not name.startswith('raw x') else rate / raw_rate:11.2f}")
+    _blackbox_rows(args, f, x, y, best[1], n)
     if args.profile:
         for name, passes, fn in rows:
             if not name.startswith("raw"):
@@ -138,6 +143,30 @@ def main() -> None:
         _pairs(args, model, dev, raw_rate)
     if args.detector:
         _detector(args)
+
+
+def _blackbox_rows(args, f, x, y, forward_seconds: float, n: int) -> None:
+    """Queries per second of the black-box attacks against the forward-only rate (a query is one forward)."""
+    from csg.adversarial import local_search_attack, one_pixel_attack
+
+    forward_rate = n / forward_seconds
+    counted = {}
+
+    def counting(images):
+        counted["q"] = counted.get("q", 0) + len(images)
+        return f(images)
+
+    print(f"\n{'black-box (unbeatable budget)':28s} {'queries / s':>20s} {'/ forward':>11s}")
+    cases = [("one-pixel (1 image, 4 gen.)", lambda: one_pixel_attack(counting, x[:1], y[:1], max_iter=3, seed=0)),
+             ("local search (16 img, 3 rnd)", lambda: local_search_attack(counting, x[:16], y[:16], rounds=3,
+                                                                           images_per_batch=16))]
+    for name, fn in cases:
+        fn()  # warm-up
+        counted.clear()
+        t0 = time.perf_counter()
+        fn()
+        rate = counted["q"] / (time.perf_counter() - t0)
+        print(f"{name:28s} {rate:20.1f} {rate / forward_rate:11.2f}")
 
 
 def _profile(name: str, fn) -> None:

@@ -73,7 +73,7 @@ def one_pixel_generations(population: int, generations: int, max_queries: int | 
 def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *, pixels: int = 1,
                      population: int = 400, max_iter: int = 100, max_queries: int | None = None,
                      mutation: float = 0.5, recombination: float = 1.0, seed: int = 0,
-                     batch_size: int = 1024, on_queries: Callable[[int], None] | None = None) -> BlackBoxResult:
+                     batch_size: int = 256, on_queries: Callable[[int], None] | None = None) -> BlackBoxResult:
     """Change at most ``pixels`` pixels (all channels of each) to fool the model; one DE run per image.
 
     Su, Vargas and Sakurai (2019): a candidate is ``(x_1, y_1, v_1..v_C, ...)``
@@ -201,7 +201,7 @@ def local_search_rounds(hw: int, *, d: int, t: int, rounds: int, seed_fraction: 
 def local_search_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *, p: float = 10.0,
                         r: float = 1.5, d: int = 5, t: int = 5, rounds: int = 150, k: int = 1,
                         seed_fraction: float = 0.1, max_queries: int | None = None, seed: int = 0,
-                        batch_size: int = 1024, images_per_batch: int = 16,
+                        batch_size: int = 256, images_per_batch: int = 16,
                         on_queries: Callable[[int], None] | None = None) -> BlackBoxResult:
     """LocSearchAdv (Narodytska & Kasiviswanathan 2017, Algorithm 3), batched over images, no gradients.
 

@@ -126,10 +126,12 @@ class PairCollector:
 
     # ---------------------------------------------------------------- work
     def _forward(self, x: torch.Tensor):
-        out = self.features(x)
+        """Features and logits, in batches of ``batch_size`` (a larger batch is slower per image on a CPU,
+        whose caches it outgrows)."""
+        parts = [self.features(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         if self.on_passes is not None:
             self.on_passes(len(x) * FORWARD)
-        return out
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _chunk_size(self) -> int:
         """Images per step: the batch size, or for a streaming attack (CW) up to four batches, as many as the

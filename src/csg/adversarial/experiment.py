@@ -448,6 +448,7 @@ def _black_box(summary, arrays, examples, meter, works, model, test_images, test
         if query_budget is not None:
             opts["max_queries"] = int(query_budget)
         opts.setdefault("seed", seed)
+        opts.setdefault("batch_size", batch_size)  # model calls of --batch-size images, not the attacks' 1024
         t0 = time.time()
         res = BLACKBOX[name](model.logits, x.to(dev), y.to(dev), on_queries=lambda q: meter.add(q * FORWARD), **opts)
         works[name].done_images, works[name].queries = len(chosen), int(res.queries.sum())
@@ -461,7 +462,7 @@ def _black_box(summary, arrays, examples, meter, works, model, test_images, test
             "mean_queries": float(res.queries.float().mean()),
             "mean_l0_successful": float(norms["l0"][ok].float().mean()) if bool(ok.any()) else None,
             "budget": budgets[name], "seconds": round(time.time() - t0, 3),
-            "options": {**extra, **{k: v for k, v in opts.items() if k != "seed"}, "seed": opts["seed"]},
+            "options": {**extra, **opts},
         }
         arrays[f"{name}.ids"] = chosen
         arrays[f"{name}.success"] = ok.numpy().astype(bool)
