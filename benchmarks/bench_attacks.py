@@ -1,112 +1,255 @@
-"""Adversarial images per second for each attack: batched against one image at a time, in one run.
+"""White-box attacks against the model's own speed: images x steps per second, in one run.
 
-    python benchmarks/bench_attacks.py [--n 64] [--device cpu|cuda] [--arch resnet20] [--threads 2]
-        [--cw-steps 20] [--onepixel-images 2] [--onepixel-population 100] [--onepixel-iters 2]
+    python benchmarks/bench_attacks.py [--run RUN] [--batch 256] [--threads 2] [--repeat 3]
+        [--cw-steps 10] [--profile] [--detector] [--pairs 0]
 
-White-box attacks and local search run on ``n`` images as one batch, then on
-the same images one by one; one-pixel runs SciPy's differential evolution per
-image with the vectorised objective (one model call per generation) against the
-plain objective (one model call per candidate). Reduced iteration counts keep
-the run short; they are printed, and the ratio is what the comparison is about.
+The *raw rate* is one forward and backward pass for the input gradient of the
+same model on the same batch (``torch.autograd.grad`` of the summed
+cross-entropy), in images per second; an attack's rate is its images x model
+passes per second (FGSM 1 pass, PGD its steps, CW its iterations; CW runs with
+its early stops off here so that every image makes the same passes). The
+ratio to the raw rate is what the comparison is about: it says how much the
+attack's own work (sign, projection, Adam, tanh, bookkeeping) costs on top of
+the model. Rows run interleaved, best of ``--repeat`` rounds; PGD and CW are
+compared with a raw row of as many passes (``raw x k``, its own column: its
+rate over the one-pass raw rate), so on a shared machine both face the same
+odds of an interruption.
+
+Then the black-box attacks: model queries per second (a query is one image
+through a forward pass) against the forward-only rate; the attacks stop early
+on success, so each call's queries are counted.
+
+``--run`` uses a trained run (ResNet-20 Fashion-MNIST in the docs) and its
+test images; without it an untrained ResNet-20 on random 1 x 28 x 28 images.
+``--pairs N`` times the detector-pair collection of N images per class for
+each attack at its defaults (CW with its early stops: the passes per image it
+really makes), ``--detector`` the random forest at 500 pairs per class for 1
+and 2 workers, ``--profile`` prints where the time of each piece goes
+(cProfile, the top functions by own time). Runs with older code too (options
+it lacks are left out), so the same script gives the before and after figures.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import inspect
+import io
+import pstats
 import time
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--run", default=None, help="a trained run directory (default: an untrained resnet20)")
+    ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--cw-steps", type=int, default=20)
-    ap.add_argument("--onepixel-images", type=int, default=2)
-    ap.add_argument("--onepixel-population", type=int, default=100,
-                    help="DE population per image (Su et al.: 400; rounded up to a multiple of 2 + C)")
-    ap.add_argument("--onepixel-iters", type=int, default=2, help="DE generations after the initial one")
-    ap.add_argument("--only-onepixel", action="store_true", help="skip the white-box and local-search rows")
-    ap.add_argument("--onepixel-repeat", type=int, default=1, help="timed runs per one-pixel variant")
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs per variant; the best is kept")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds over all rows (interleaved) after a warm-up; each row's best is kept")
+    ap.add_argument("--pgd-steps", type=int, default=7)
+    ap.add_argument("--cw-steps", type=int, default=10, help="CW iterations for the rate row (1 search step)")
+    ap.add_argument("--pairs", type=int, default=0, help="time the pair collection of this many images per class")
+    ap.add_argument("--detector", action="store_true", help="time the random forest at 500 pairs per class")
+    ap.add_argument("--profile", action="store_true", help="print the top functions of each piece (cProfile)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from csg.adversarial import FGSM, PGD, CarliniWagnerL2, local_search_attack
-    from csg.adversarial.blackbox import one_pixel_attack
-    from csg.backbones import build_model
+    from csg.adversarial import FGSM, PGD, CarliniWagnerL2
 
-    torch.manual_seed(0)
     dev = torch.device(args.device)
-    model = build_model(args.arch, 10, 1).to(dev).eval()
+    torch.manual_seed(0)
+    if args.run:
+        from csg.runs.rundir import RunDir
+
+        run = RunDir(args.run)
+        model = run.load_model(str(dev)).eval()
+        ds = run.load_dataset("test")
+        x = (ds.images[:args.batch].float() / 255).to(dev)
+        y = ds.labels[:args.batch].long().to(dev)
+    else:
+        from csg.backbones import build_model
+
+        model = build_model("resnet20", 10, 1).to(dev).eval()
+        x = torch.rand(args.batch, 1, 28, 28, device=dev)
+        with torch.no_grad():
+            y = model.logits(x).argmax(1)
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.rand(args.n, 1, 28, 28, device=dev)
-    with torch.no_grad():
-        y = model.logits(x).argmax(1)
+    f = model.logits
+    n = len(x)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed(fn) -> float:
-        """Best of ``--repeat`` runs after a warm-up (the minimum is the least disturbed by other load)."""
+    def raw():
+        xx = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(f(xx), y, reduction="sum"), xx)
+        return g
+
+    def forward():
+        with torch.no_grad():
+            return f(x)
+
+    cw_kw = {"steps": args.cw_steps, "search_steps": 1}
+    cw_params = inspect.signature(CarliniWagnerL2.__init__).parameters
+    for k in ("abort_early", "stop_when_bracketed"):
+        if k in cw_params:
+            cw_kw[k] = False
+    def raw_times(k):
+        return lambda: [raw() for _ in range(k)]
+
+    # Each attack row follows a raw row of the same number of passes, so both face the same chance of being
+    # interrupted on a shared machine; the ratio of an attack is to the raw row just above it.
+    rows = [("raw forward+backward", 1, raw), ("forward only", 1, forward),
+            ("fgsm", 1, lambda: FGSM(f, eps=0.031)(x, y)),
+            (f"raw x {args.pgd_steps}", args.pgd_steps, raw_times(args.pgd_steps)),
+            (f"pgd ({args.pgd_steps} steps)", args.pgd_steps, lambda: PGD(f, steps=args.pgd_steps)(x, y)),
+            (f"raw x {args.cw_steps}", args.cw_steps, raw_times(args.cw_steps)),
+            (f"cw ({args.cw_steps} iterations)", args.cw_steps, lambda: CarliniWagnerL2(f, **cw_kw)(x, y))]
+    print(f"device {dev}, {'run ' + args.run if args.run else 'untrained resnet20'}, batch {n} x "
+          f"{tuple(x.shape[1:])}, torch threads {torch.get_num_threads()}, best of {args.repeat}")
+    print(f"{'piece':28s} {'images x passes / s':>20s} {'/ raw rate':>11s}")
+    # Rows interleaved, best of --repeat rounds each: a change of load hits every row alike.
+    for _, _, fn in rows:
         fn()  # warm-up (allocator, kernels)
-        best = float("inf")
-        for _ in range(args.repeat):
+    best = [float("inf")] * len(rows)
+    for _ in range(args.repeat):
+        for i, (_, _, fn) in enumerate(rows):
             sync()
             t0 = time.perf_counter()
             fn()
             sync()
-            best = min(best, time.perf_counter() - t0)
-        return best
+            best[i] = min(best[i], time.perf_counter() - t0)
+    raw_rate = n / best[0]
+    reference = raw_rate
+    for (name, passes, _), seconds in zip(rows, best):
+        rate = n * passes / seconds
+        if name.startswith("raw"):
+            reference = rate
+        print(f"{name:28s} {rate:20.1f} {rate / reference if not name.startswith('raw x') else rate / raw_rate:11.2f}")
+    _blackbox_rows(args, f, x, y, best[1], n)
+    if args.profile:
+        for name, passes, fn in rows:
+            if not name.startswith("raw"):
+                _profile(name, fn)
 
-    f = model.logits
-    cases = {
-        "fgsm (eps 0.031)": lambda xs, ys: FGSM(f, eps=0.031)(xs, ys),
-        "pgd (7 steps)": lambda xs, ys: PGD(f, steps=7)(xs, ys),
-        f"cw ({args.cw_steps} steps x 1 search)": lambda xs, ys: CarliniWagnerL2(f, steps=args.cw_steps,
-                                                                                 search_steps=1)(xs, ys),
-        "local search (3 rounds)": lambda xs, ys: local_search_attack(f, xs, ys, rounds=3, images_per_batch=len(xs)),
-    }
-    print(f"device {dev}, {args.arch}, {args.n} images 1x28x28, torch threads {torch.get_num_threads()}, "
-          f"best of {args.repeat}")
-    print(f"{'attack':32s} {'batched img/s':>14s} {'one-by-one img/s':>17s} {'speed-up':>9s}")
-    for name, fn in ({} if args.only_onepixel else cases).items():
-        t_batch = timed(lambda: fn(x, y))
-        t_single = timed(lambda: [fn(x[i:i + 1], y[i:i + 1]) for i in range(args.n)])
-        print(f"{name:32s} {args.n / t_batch:14.1f} {args.n / t_single:17.1f} {t_single / t_batch:8.1f}x")
+    if args.pairs:
+        _pairs(args, model, dev, raw_rate)
+    if args.detector:
+        _detector(args)
 
-    # One-pixel: the population scored by one model call per generation vs one call per candidate.
-    k = args.onepixel_images
-    xs, ys = x[:k], y[:k]
 
-    def op_vectorised():
-        return one_pixel_attack(f, xs, ys, max_iter=args.onepixel_iters, population=args.onepixel_population,
-                                seed=0)
+def _blackbox_rows(args, f, x, y, forward_seconds: float, n: int) -> None:
+    """Queries per second of the black-box attacks against the forward-only rate (a query is one forward)."""
+    from csg.adversarial import local_search_attack, one_pixel_attack
 
-    def op_plain():
-        # The same DE, but the objective calls the model once per candidate (what a non-vectorised objective does).
-        calls = {"n": 0}
+    forward_rate = n / forward_seconds
+    counted = {}
 
-        def per_candidate(images):
-            outs = [f(images[i:i + 1]) for i in range(len(images))]
-            calls["n"] += len(images)
-            return torch.cat(outs)
+    def counting(images):
+        counted["q"] = counted.get("q", 0) + len(images)
+        return f(images)
 
-        return one_pixel_attack(per_candidate, xs, ys, max_iter=args.onepixel_iters,
-                                population=args.onepixel_population, seed=0, batch_size=1)
+    print(f"\n{'black-box (unbeatable budget)':28s} {'queries / s':>20s} {'/ forward':>11s}")
+    cases = [("one-pixel (1 image, 4 gen.)", lambda: one_pixel_attack(counting, x[:1], y[:1], max_iter=3, seed=0)),
+             ("local search (16 img, 3 rnd)", lambda: local_search_attack(counting, x[:16], y[:16], rounds=3,
+                                                                           images_per_batch=16))]
+    for name, fn in cases:
+        fn()  # warm-up
+        counted.clear()
+        t0 = time.perf_counter()
+        fn()
+        rate = counted["q"] / (time.perf_counter() - t0)
+        print(f"{name:28s} {rate:20.1f} {rate / forward_rate:11.2f}")
 
-    args.repeat = args.onepixel_repeat
-    t_vec = timed(op_vectorised)
-    t_plain = timed(op_plain)
-    pop = -(-args.onepixel_population // 3) * 3  # 1x28x28 images: 3 coordinates per pixel
-    label = f"one-pixel ({args.onepixel_iters + 1} gen x {pop})"
-    print(f"{label:32s} {k / t_vec:14.3f} {k / t_plain:17.4f} {t_plain / t_vec:8.1f}x"
-          "   (columns: vectorised objective / per-candidate objective)")
+
+def _profile(name: str, fn) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
+    print(f"\n--- {name}: top functions by own time")
+    print("\n".join(lines[start:start + 13]))
+
+
+def _pairs(args, model, dev, raw_rate) -> None:
+    """Pairs per second of the collection at each attack's defaults (targeted, successful pairs only)."""
+    from csg.adversarial import BlockFeatures, build_attack, random_targets
+
+    try:
+        from csg.adversarial.collect import AttackCost, PairCollector
+    except ImportError:  # older code
+        AttackCost = PairCollector = None
+    from csg.runs.rundir import RunDir
+
+    if not args.run:
+        print("--pairs needs --run (a trained model: success depends on it)")
+        return
+    ds = RunDir(args.run).load_dataset("test")
+    images, labels = ds.images, ds.labels.long()
+    order = np.random.default_rng([0, 1]).permutation(len(labels))
+    targets = random_targets(labels, 10, seed=1)
+    feats = BlockFeatures(model)
+    print(f"\npair collection, {args.pairs} pairs per class, test split, targeted, successful pairs only")
+    print(f"{'attack':8s} {'seconds':>9s} {'images':>7s} {'passes/img':>11s} {'pairs/s':>8s} {'passes/s / raw':>15s}")
+    for name in ("fgsm", "pgd", "cw"):
+        attack = build_attack(name, model.logits, batch_size=args.batch)
+        t0 = time.perf_counter()
+        if PairCollector is not None:
+            c = PairCollector(feats, attack, images, labels, targets, order, per_class=args.pairs, num_classes=10,
+                              cost=AttackCost(10, attack.budget_passes), batch_size=args.batch, device=dev)
+
+            def once():
+                c.run()
+                return c.pool()["labels"], c.images_attacked, attack.passes
+            if args.profile:
+                prof = cProfile.Profile()
+                prof.enable()
+                pool_labels, attacked, passes = once()
+                prof.disable()
+            else:
+                pool_labels, attacked, passes = once()
+        else:
+            from csg.adversarial.run import collect_pairs
+
+            pool = collect_pairs(feats, attack, images, labels, targets, order, args.pairs, 10,
+                                 batch_size=args.batch, device=dev)
+            pool_labels, attacked = pool["labels"], pool["attempted"]
+            passes = attacked * {"fgsm": 1, "pgd": 7, "cw": 500}[name]
+        dt = time.perf_counter() - t0
+        print(f"{name:8s} {dt:9.1f} {attacked:7d} {passes / max(attacked, 1):11.1f} {len(pool_labels) / dt:8.2f} "
+              f"{passes / dt / raw_rate:15.2f}")
+        if args.profile and PairCollector is not None:
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(8)
+            print(out.getvalue().split("ncalls", 1)[-1][:1500])
+
+
+def _detector(args) -> None:
+    """Seconds of one random forest (100 trees) at 500 pairs per class of 336 features, for 1 and 2 workers."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    n, d = 500 * 10, 336
+    clean = rng.normal(size=(n, d)).astype(np.float32)
+    adv = clean + rng.normal(0.3, 1.0, size=(n, d)).astype(np.float32)
+    x = np.concatenate([clean, adv])
+    y = np.repeat([0, 1], n)
+    print(f"\nrandom forest, 100 trees, {2 * n} x {d} features (500 pairs per class)")
+    for jobs in (1, 2):
+        t0 = time.perf_counter()
+        RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=jobs).fit(x, y)
+        print(f"n_jobs {jobs}: {time.perf_counter() - t0:.1f} s per fit")
 
 
 if __name__ == "__main__":

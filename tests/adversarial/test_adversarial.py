@@ -9,10 +9,11 @@ import torch
 import torch.nn as nn
 
 from csg.adversarial import (FGSM, PGD, BlockFeatures, CarliniWagnerL2, detection_experiment, detector_error,
-                             find_blocks, is_adversarial, perturbation_norms, random_targets)
+                             find_blocks, is_adversarial, perturbation_norms, random_targets, wilson_interval)
 from csg.adversarial.attacks import attack_objective
 from csg.adversarial.detector import balanced_sample
-from csg.adversarial.run import collect_pairs
+from csg.adversarial.attacks import Attack
+from csg.adversarial.collect import AttackCost, PairCollector
 from csg.core.errors import CsgError
 
 
@@ -150,6 +151,64 @@ def test_cw_targeted_hits_the_target():
     assert bool(hit[changed].all()) and int(changed.sum()) >= 7
 
 
+def plain_cw(model, x0, targets, steps, search_steps, c0, lr):
+    """The batched CW of the reference code, with torch.optim.Adam and no early stop (the check below)."""
+    n = len(x0)
+    w0 = torch.atanh((x0 * 2 - 1) * (1 - 1e-6))
+    const, lower, upper = torch.full((n,), c0), torch.zeros(n), torch.full((n,), 1e10)
+    best_l2, best = torch.full((n,), float("inf")), x0.clone()
+    for _ in range(search_steps):
+        w = w0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=lr)
+        hit = torch.zeros(n, dtype=torch.bool)
+        for _ in range(steps):
+            x = (torch.tanh(w) + 1) / 2
+            z = model(x)
+            l2 = (x - x0).flatten(1).pow(2).sum(1)
+            real = z.gather(1, targets[:, None]).squeeze(1)
+            others = z.masked_fill(torch.nn.functional.one_hot(targets, z.shape[1]).bool(), float("-inf")).amax(1)
+            success = z.argmax(1) == targets
+            opt.zero_grad()
+            (l2 + const * (others - real).clamp(min=0)).sum().backward()
+            with torch.no_grad():
+                better = success & (l2 < best_l2)
+                best_l2 = torch.where(better, l2.detach(), best_l2)
+                best[better] = x.detach()[better]
+                hit |= success
+            opt.step()
+        upper = torch.where(hit, torch.minimum(upper, const), upper)
+        lower = torch.where(hit, lower, torch.maximum(lower, const))
+        const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
+    return best
+
+
+def test_cw_without_its_early_stops_equals_the_plain_batched_algorithm():
+    model = linear_model(64, 5, seed=6, scale=0.6)
+    x = torch.rand(12, 1, 8, 8)
+    t = random_targets(model(x).argmax(1), 5, seed=1)
+    ref = plain_cw(model, x, t, 30, 4, 1.0, 0.05)
+    for width in (None, 5):  # the whole batch at once, and a stream through 5 rows
+        cw = CarliniWagnerL2(model, steps=30, search_steps=4, initial_const=1.0, lr=0.05, abort_early=False,
+                             stop_when_bracketed=False, batch_size=width)
+        torch.testing.assert_close(cw(x, model(x).argmax(1), t), ref, atol=1e-5, rtol=0)
+        assert cw.passes == 12 * 30 * 4 == 12 * cw.budget_passes
+
+
+def test_cw_early_stops_act_per_sample_and_count_their_passes():
+    model = linear_model(64, 5, seed=6, scale=0.6)
+    x = torch.rand(12, 1, 8, 8)
+    y = model(x).argmax(1)
+    t = random_targets(y, 5, seed=1)
+    one = CarliniWagnerL2(model, steps=30, search_steps=4, initial_const=1.0, lr=0.05)
+    streamed = CarliniWagnerL2(model, steps=30, search_steps=4, initial_const=1.0, lr=0.05, batch_size=3)
+    torch.testing.assert_close(one(x, y, t), streamed(x, y, t), atol=1e-6, rtol=0)
+    assert one.passes == streamed.passes < 12 * one.budget_passes
+    # c = 100 succeeds at once on this model: with the bracket stop every sample runs one value of c.
+    bracket = CarliniWagnerL2(model, steps=20, search_steps=4, initial_const=100.0, lr=0.05, abort_early=False)
+    adv = bracket(x, y, t)
+    assert bracket.passes == 12 * 20 and bool((model(adv).argmax(1) == t).all())
+
+
 def test_attack_rejects_images_outside_unit_range():
     with pytest.raises(CsgError, match=r"\[0, 1\]"):
         FGSM(tiny_cnn())(torch.full((1, 1, 4, 4), 2.0), torch.zeros(1, dtype=torch.long))
@@ -202,16 +261,27 @@ def test_detector_separates_easy_case_and_is_at_chance_on_identical_sets():
     assert detector_error(clean[:150], clean[:150], clean[150:], clean[150:], seed=0) == 0.5
 
 
-def test_detection_experiment_means_and_balance():
+def test_detection_experiment_means_balance_and_per_item_results():
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(3), 40)
     clean = rng.normal(size=(120, 4))
-    pool = {"clean": clean, "adv": clean + np.array([6.0, 0, 0, 0]), "labels": labels}
-    same = {"clean": clean, "adv": clean.copy(), "labels": labels}
-    res = detection_experiment(pool, pool, [5, 10], 4, repeats=3, seed=0, n_estimators=20)
+    shift = np.full(4, 8.0)  # every feature separates the two sides, so every tree is right
+    pool = {"clean": clean, "adv": clean + shift, "labels": labels}
+    test_clean = rng.normal(size=(12, 4))
+    test = {"clean": test_clean, "adv": test_clean + shift, "labels": np.repeat(np.arange(3), 4)}
+    res = detection_experiment(pool, test, [5, 10], 4, repeats=3, seed=0, n_estimators=20)
     assert set(res) == {"5", "10"} and res["5"]["mean"] == 0.0 and len(res["10"]["errors"]) == 3
-    res = detection_experiment(same, same, [10], 4, repeats=2, seed=0, n_estimators=10)
+    np.testing.assert_array_equal(res["5"]["clean_correct"], np.ones(12))
+    np.testing.assert_array_equal(res["5"]["adv_correct"], np.ones(12))
+    # Identical clean and adversarial features: each item's two copies get the same vote in every repeat,
+    # so per item exactly one of them is right, and the error is 0.5.
+    same = {"clean": clean, "adv": clean.copy(), "labels": labels}
+    same_test = {"clean": test_clean, "adv": test_clean.copy(), "labels": test["labels"]}
+    res = detection_experiment(same, same_test, [10], 4, repeats=2, seed=0, n_estimators=10)
     assert res["10"]["mean"] == 0.5 and res["10"]["std"] == 0.0
+    np.testing.assert_array_equal(res["10"]["clean_correct"] + res["10"]["adv_correct"], np.ones(12))
+    errors_from_items = 1 - np.concatenate([res["10"]["clean_correct"], res["10"]["adv_correct"]]).mean()
+    assert errors_from_items == pytest.approx(np.mean(res["10"]["errors"]))
     idx = balanced_sample(labels, 7, np.random.default_rng(0))
     assert np.bincount(labels[idx]).tolist() == [7, 7, 7] and len(set(idx.tolist())) == 21
 
@@ -242,7 +312,7 @@ def test_find_blocks_of_a_flat_conv_stack():
                                   "backbone.features.9", "backbone.features.11"]
 
 
-def test_collect_pairs_keeps_only_successful_pairs_balanced():
+def test_pair_collector_keeps_only_successful_pairs_balanced():
     model = linear_model(16, 3, seed=8, scale=0.4)
     feats = BlockFeatures(model, ["1"], forward_fn=model)
     images = (torch.rand(90, 1, 4, 4) * 255).to(torch.uint8)
@@ -251,39 +321,117 @@ def test_collect_pairs_keeps_only_successful_pairs_balanced():
     labels[:5] = (labels[:5] + 1) % 3  # a few misclassified images must never be kept
     attack = FGSM(model, eps=0.3)
     order = np.random.default_rng(0).permutation(90)
-    pool = collect_pairs(feats, attack, images, labels, None, order, 4, 3, batch_size=16)
+    collector = PairCollector(feats, attack, images, labels, None, order, per_class=4, num_classes=3,
+                              cost=AttackCost(3, 1), batch_size=16).run()
+    pool = collector.pool()
     counts = np.bincount(pool["labels"], minlength=3)
     assert counts.max() <= 4 and pool["clean"].shape == pool["adv"].shape == (counts.sum(), 3)
-    assert not set(pool["indices"].tolist()) & set(range(5))
-    x = images[torch.as_tensor(pool["indices"])].float() / 255
-    y = labels[torch.as_tensor(pool["indices"])]
+    assert not set(pool["ids"].tolist()) & set(range(5))
+    x = images[torch.as_tensor(pool["ids"])].float() / 255
+    y = labels[torch.as_tensor(pool["ids"])]
     with torch.no_grad():
         assert bool(is_adversarial(model(attack(x, y)), y, None).all())
         np.testing.assert_allclose(pool["clean"], model(x).numpy(), rtol=1e-5, atol=1e-5)
+    # A class's pairs are its first usable images in the order.
+    rank = {int(i): r for r, i in enumerate(order)}
+    assert all(rank[a] < rank[b] for a, b in zip(pool["ids"][:-1], pool["ids"][1:]) if labels[a] == labels[b])
+
+
+class ClassRateAttack(Attack):
+    """Fools the two-class model below on a known fraction of each class: pixel (0, 1) holds a uniform u,
+    and an image of class y flips when u < rate[y]."""
+
+    def __init__(self, model, rates):
+        super().__init__(model)
+        self.rates = torch.as_tensor(rates)
+
+    def perturb(self, images, labels, targets):
+        self._count(len(images))
+        flip = images[:, 0, 0, 1] < self.rates[labels]
+        out = images.clone()
+        out[flip, 0, 0, 0] = 1 - out[flip, 0, 0, 0]
+        return out
+
+
+def test_success_rate_is_measured_on_a_fixed_sample_not_on_the_pair_collection():
+    # Class 0 falls 90% of the time, class 1 10%, equally many images: the success rate is 0.5. Collecting
+    # 100 pairs per class attacks ~111 images of class 0 and ~1000 of class 1, i.e. 200 / 1111 = 0.18.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[:, 0] = torch.tensor([-10.0, 10.0])
+        model[1].bias.copy_(torch.tensor([5.0, -5.0]))  # class 1 when pixel 0 > 1/2
+    rng = np.random.default_rng(0)
+    labels = torch.as_tensor(rng.permutation(np.repeat([0, 1], 1200)))
+    images = torch.zeros(2400, 1, 2, 2)
+    images[:, 0, 0, 0] = 0.25 + 0.5 * labels
+    images[:, 0, 0, 1] = torch.as_tensor(rng.random(2400), dtype=torch.float32)
+    feats = BlockFeatures(model, ["1"], forward_fn=model)
+    attack = ClassRateAttack(model, [0.9, 0.1])
+    cost = AttackCost(2, 1)
+    collector = PairCollector(feats, attack, images, labels, None, np.arange(2400), per_class=100, num_classes=2,
+                              cost=cost, sample_size=600, batch_size=128).run()
+    sample = collector.sample()
+    assert len(sample["ids"]) == 600 and sample["ids"].tolist() == list(range(600))  # the first 600, all correct
+    rate = sample["success"].mean()
+    low, high = wilson_interval(int(sample["success"].sum()), 600)
+    assert low < 0.5 < high and abs(rate - 0.5) < 0.06
+    # The pairs still come out balanced, and the pair collection alone would have given the biased figure.
+    assert np.bincount(collector.pool()["labels"]).tolist() == [100, 100]
+    assert cost.usable.sum() / cost.attacked.sum() < 0.3
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (14, 100), (500, 1000), (1, 1)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        np.testing.assert_allclose(wilson_interval(k, n), (ci.low, ci.high), rtol=1e-9, atol=1e-12)
+    assert all(v != v for v in wilson_interval(0, 0))
 
 
 # ---------------------------------------------------------------- csg attack, end to end
-def test_csg_attack_end_to_end(tiny_csg_run):
+def test_csg_attack_end_to_end(tiny_csg_run, capsys):
     from csg.cli import main
 
     # --all-samples bounds the work on a barely trained model (pairs need not be successful).
     code = main(["attack", str(tiny_csg_run), "--train-sizes", "5", "--test-size", "2", "--repeats", "2",
-                 "--blackbox-samples", "2", "--pgd-steps", "2", "--cw-steps", "3", "--cw-search-steps", "1",
-                 "--ls-rounds", "1", "--query-budget", "450", "--trees", "10", "--batch-size", "64",
-                 "--all-samples", "--device", "cpu", "--no-progress", "--seed", "1"])
+                 "--success-samples", "20", "--blackbox-samples", "2", "--pgd-steps", "2", "--cw-steps", "3",
+                 "--cw-search-steps", "1", "--ls-rounds", "1", "--query-budget", "850", "--trees", "10",
+                 "--batch-size", "64", "--all-samples", "--device", "cpu", "--no-progress", "--seed", "1"])
     assert code == 0
+    captured = capsys.readouterr()
+    assert "estimated time:" in captured.err and "1 generations x 400" in captured.out
     data = json.loads((tiny_csg_run / "adversarial.json").read_text())
+    assert data["schema"] == "csg.adversarial/2"
     assert {"detection", "blackbox", "clean_accuracy", "figures", "notes", "attack_success"} <= set(data)
     assert set(data["detection"]) == {"fgsm", "pgd", "cw"}
     assert set(data["blackbox"]) == {"one-pixel", "local-search"}
     assert 0.0 <= data["clean_accuracy"] <= 1.0
+    arrays = np.load(tiny_csg_run / "adversarial.npz")
+    assert set(data["arrays"]) == set(arrays.files)
+    with np.load(tiny_csg_run / "features.npz") as feats:
+        correct = feats["predictions"] == feats["labels"]
     for name, per_size in data["detection"].items():
         entry = per_size["5"]
         assert 0.0 <= entry["mean"] <= 1.0 and len(entry["errors"]) == 2
         assert entry["train_pairs"] <= 50 and entry["test_pairs"] <= 20
-    for res in data["blackbox"].values():
-        assert res["attempted"] <= 2
-        assert res["mean_queries"] <= 450 + 1
+        ids = arrays[f"{name}.test_ids"]
+        assert len(ids) == entry["test_pairs"] == len(arrays[f"{name}.n5.clean_correct"])
+        np.testing.assert_allclose(arrays[f"{name}.n5.errors"], entry["errors"])
+        items = np.concatenate([arrays[f"{name}.n5.clean_correct"], arrays[f"{name}.n5.adv_correct"]])
+        assert 1 - items.mean() == pytest.approx(entry["mean"])
+        success = data["attack_success"][name]
+        assert success["attempted"] == len(arrays[f"{name}.success_ids"]) == min(20, int(correct.sum()))
+        assert success["succeeded"] == int(arrays[f"{name}.success"].sum())
+        assert success["ci95"][0] <= success["success_rate"] <= success["ci95"][1]
+        assert bool(correct[arrays[f"{name}.success_ids"]].all())  # the sample: correctly classified images
+    for name, res in data["blackbox"].items():
+        assert res["attempted"] <= 2 and len(arrays[f"{name}.ids"]) == res["attempted"]
+        assert bool(correct[arrays[f"{name}.ids"]].all())
+        assert int(arrays[f"{name}.queries"].max()) <= res["budget"]["max_queries_per_image"] <= 850
+    assert data["blackbox"]["one-pixel"]["budget"] == {"population": 400, "generations": 1,
+                                                       "max_queries_per_image": 800}
     paths = {fig["path"] for fig in data["figures"]}
     assert paths == {"figures/adversarial_examples.png", "figures/adversarial_detection.png"}
     for path in paths:
@@ -305,7 +453,12 @@ def test_csg_attack_rejects_bad_options(tmp_path, capsys):
                                           (["--pgd-step-size", "-1"], "--pgd-step-size"),
                                           (["--cw-steps", "0"], "--cw-steps"), (["--test-size", "0"], "--test-size"),
                                           (["--blackbox-samples", "0"], "--blackbox-samples"),
-                                          (["--eps", "2"], "--eps")])
+                                          (["--eps", "2"], "--eps"), (["--eps", "nan"], "--eps"),
+                                          (["--success-samples", "0"], "--success-samples"),
+                                          (["--cw-lr", "0"], "--cw-lr"), (["--ls-r", "3"], "--ls-r"),
+                                          (["--op-population", "4"], "--op-population"),
+                                          (["--repeats", "-1"], "--repeats"), (["--jobs", "0"], "--jobs"),
+                                          (["--query-budget", "100"], "--query-budget")])
 def test_csg_attack_rejects_bad_numbers_before_loading(tmp_path, capsys, flags, named):
     from csg.cli import main
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from csg.adversarial import local_search_attack, one_pixel_attack, perturbation_norms
+from csg.adversarial import (local_search_attack, local_search_rounds, one_pixel_attack, one_pixel_generations,
+                             perturbation_norms)
 from csg.adversarial.blackbox import _cyclic
 from csg.core.errors import CsgError
 
@@ -69,16 +70,25 @@ def test_one_pixel_failure_changes_nothing_and_respects_the_budget():
     assert bool((res.queries > 200 - 30).all())  # it used the budget, in whole generations of 30
 
 
-def test_one_pixel_budget_below_one_generation_shrinks_the_population():
-    # Su et al.'s 400 candidates on a gray image are 134 x 3 = 402 > 300: the population must shrink
-    # to 300 (100 x 3), so the first generation alone does not break the budget.
+def test_one_pixel_budget_is_whole_generations_of_the_published_population():
+    # Su et al.: exactly 400 candidates per generation. A budget of 1000 queries holds the initial generation
+    # and one more (800 queries), never a part of a third; below one generation the budget is refused.
     x = dark_images(2)
     y = torch.zeros(2, dtype=torch.long)
-    res = one_pixel_attack(BrightPixel(threshold=2.0), x, y, population=400, max_iter=100, max_queries=300, seed=0)
-    assert res.extra["population"] == 300
-    assert res.queries.tolist() == [300, 300]
-    with pytest.raises(CsgError, match="query budget 4 is below one generation"):
-        one_pixel_attack(BrightPixel(), x, y, max_queries=4)
+    assert one_pixel_generations(400, 100, None) == 100 and one_pixel_generations(400, 100, 1000) == 1
+    res = one_pixel_attack(BrightPixel(threshold=2.0), x, y, population=400, max_iter=100, max_queries=1000, seed=0)
+    assert res.extra["population"] == 400 and res.extra["generations"] == 1
+    assert res.queries.tolist() == [800, 800] and res.extra["generations_run"].tolist() == [1, 1]
+    with pytest.raises(CsgError, match="query budget 300 is below one generation"):
+        one_pixel_attack(BrightPixel(), x, y, max_queries=300)
+
+
+def test_one_pixel_stops_after_the_generation_that_fooled_the_model():
+    x = dark_images(1)
+    y = torch.zeros(1, dtype=torch.long)
+    # Threshold 0.1 on dark images: almost any candidate value fools it, already in the initial population.
+    res = one_pixel_attack(BrightPixel(threshold=0.31), x, y, population=40, max_iter=100, seed=0)
+    assert bool(res.success.all()) and res.queries.tolist() == [40]
 
 
 def test_local_search_uses_no_gradients_and_follows_the_algorithm():
@@ -95,13 +105,18 @@ def test_local_search_uses_no_gradients_and_follows_the_algorithm():
     assert res.queries.tolist() == [n_seed + 1] * 4  # one probe per seed location, one success check
 
 
-def test_local_search_respects_the_query_budget_and_keeps_the_range():
+def test_local_search_budget_is_whole_rounds_and_keeps_the_range():
+    # 12 x 12 images, d = 2, t = 2: the first round costs 14 + 1 queries, every later one at most 2 * 25 + 1.
     x = dark_images(3, c=3, size=12)
     y = torch.zeros(3, dtype=torch.long)
+    assert local_search_rounds(144, d=2, t=2, rounds=50, seed_fraction=0.1, max_queries=120) == 3  # 15 + 2 * 51
     res = local_search_attack(BrightPixel(threshold=2.0), x, y, d=2, t=2, rounds=50, max_queries=120, seed=2)
-    assert not bool(res.success.any())
-    assert bool((res.queries <= 120).all()) and bool((res.queries > 0).all())
+    assert res.extra["rounds"] == 3 and res.extra["max_queries_per_image"] == 117
+    assert not bool(res.success.any()) and res.extra["rounds_run"].tolist() == [3, 3, 3]
+    assert bool((res.queries <= 117).all()) and bool((res.queries > 15).all())
     assert float(res.images.min()) >= 0 and float(res.images.max()) <= 1
+    with pytest.raises(CsgError, match="below one round"):
+        local_search_attack(BrightPixel(), x, y, d=2, t=2, max_queries=10)
 
 
 def test_cyclic_transformation():

@@ -17,6 +17,7 @@ images only, so the model's parameters never accumulate ``.grad``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -56,16 +57,35 @@ class Attack:
     """Base class: subclasses override :meth:`perturb` for one batch.
 
     ``attack(images, labels, targets=None)`` returns adversarial images of the
-    same shape, in [0, 1], on the device the images came from.
+    same shape, in [0, 1], on the device the images came from. ``passes``
+    counts the model evaluations with an input gradient (one image through one
+    forward and backward pass is one pass) since the attack was built, so a
+    caller can report the cost and a progress bar can count work done.
+    ``budget_passes`` is the most one image can cost.
     """
 
     name = "attack"
+    #: ``True`` when :meth:`perturb` takes the whole input and keeps its own working set of ``batch_size``.
+    streams = False
 
     def __init__(self, model: Model, *, batch_size: int | None = None):
         if not callable(model):
             raise CsgError(f"the model of an attack must be callable (images -> logits), got {type(model).__name__}")
         self.model = model
         self.batch_size = batch_size
+        self.passes = 0
+        #: called with the number of passes just made (a progress bar's update), or ``None``
+        self.on_passes: Callable[[int], None] | None = None
+
+    def _count(self, passes: int) -> None:
+        self.passes += passes
+        if self.on_passes is not None:
+            self.on_passes(passes)
+
+    @property
+    def budget_passes(self) -> int:
+        """The most passes one image can cost (the attack's iteration budget)."""
+        return 1
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """Adversarial images for one batch (already on the model's device). Override this."""
@@ -82,6 +102,8 @@ class Attack:
         home = images.device
         device = model_device(self.model) or home
         bs = batch_size or self.batch_size or len(images) or 1
+        if self.streams:
+            bs = max(len(images), 1)  # the attack batches internally
         out = []
         for start in range(0, len(images), bs):
             x = images[start:start + bs].to(device, torch.float32)
@@ -98,6 +120,7 @@ class Attack:
             x = x.detach().requires_grad_(True)
             loss = attack_objective(self.model(x), labels, targets).sum()
             (grad,) = torch.autograd.grad(loss, x)
+        self._count(len(x))
         return grad
 
 
@@ -114,8 +137,8 @@ class FGSM(Attack):
 
     def __init__(self, model: Model, eps: float = 0.031, **kw):
         super().__init__(model, **kw)
-        if eps < 0:
-            raise CsgError(f"FGSM eps must be >= 0, got {eps}")
+        if not 0 <= eps <= 1:
+            raise CsgError(f"FGSM eps must lie in [0, 1] (images are in [0, 1]), got {eps}")
         self.eps = float(eps)
 
     def perturb(self, images, labels, targets):
@@ -138,13 +161,17 @@ class PGD(Attack):
     def __init__(self, model: Model, eps: float = 0.031, steps: int = 7, step_size: float | None = None,
                  random_start: bool = True, seed: int = 0, **kw):
         super().__init__(model, **kw)
-        if eps < 0 or steps < 1:
-            raise CsgError(f"PGD needs eps >= 0 and steps >= 1, got eps={eps}, steps={steps}")
+        if not 0 <= eps <= 1 or steps < 1:
+            raise CsgError(f"PGD needs eps in [0, 1] and steps >= 1, got eps={eps}, steps={steps}")
         self.eps = float(eps)
         self.steps = int(steps)
         self.step_size = float(step_size) if step_size is not None else 2.0 / 255.0
         self.random_start = bool(random_start)
         self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def budget_passes(self) -> int:
+        return self.steps
 
     def perturb(self, images, labels, targets):
         lower = (images - self.eps).clamp(min=0.0)
@@ -161,42 +188,70 @@ class PGD(Attack):
 
 
 class CarliniWagnerL2(Attack):
-    """Carlini-Wagner L2 attack (Carlini & Wagner 2017), batched, with a binary search over c.
+    """Carlini-Wagner L2 attack (Carlini & Wagner 2017) with its binary search over c, run per sample.
 
-    Change of variable ``x' = (tanh(w) + 1) / 2`` keeps ``x'`` in [0, 1]; Adam minimises
+    Change of variable ``x' = (tanh(w) + 1) / 2`` keeps ``x'`` in [0, 1]; Adam
+    (lr, beta 0.9 / 0.999, eps 1e-8) minimises, per sample,
 
-        ||x' - x||_2^2 + c * f(x'),
+        L(w) = ||x' - x||_2^2 + c * f(x'),
         f = max(max_{i != t} Z_i - Z_t, -kappa)      targeted (t the target)
         f = max(Z_y - max_{i != y} Z_i, -kappa)      untargeted (y the label)
 
-    over ``steps`` iterations, for ``search_steps`` values of ``c`` per sample
-    (start ``initial_const``; halve the bracket after a success, multiply by 10
-    before the first one). Returns, per sample, the successful iterate with
-    the smallest L2 distance, or the clean image where no iterate succeeded.
+    for up to ``steps`` iterations, for up to ``search_steps`` values of ``c``
+    (start ``initial_const``; ``c <- 10 c`` until a success, then bisection
+    between the largest failing and the smallest succeeding ``c``). Returns,
+    per sample, the successful iterate with the smallest L2 distance, or the
+    clean image where no iterate succeeded.
+
+    The gradient is written out rather than taken through ``tanh`` and the
+    distance: ``dL/dw = (2 (x' - x) + c df/dx') * (1 - tanh^2 w) / 2``, with
+    ``df/dx'`` the only autograd call (one forward and backward of the model).
+
+    Two early stops cut the cost without lowering the budget; both act on one
+    sample at a time, so a sample's result does not depend on its batch:
+
+    * ``abort_early`` (Carlini's reference code, cleverhans and foolbox 2,
+      default on): every ``ceil(steps / 10)`` iterations, a sample whose loss
+      is not below 0.9999 times its loss at the previous check ends this
+      value of ``c``;
+    * ``stop_when_bracketed`` (default on): a sample's search over ``c`` ends
+      at the end of the first value of ``c`` that succeeded, i.e. once the
+      boundary is bracketed between a failing (or zero) and a succeeding
+      ``c``; the bisection steps after it are skipped.
+
+    The samples run as a stream: a working set of ``batch_size`` samples is
+    kept full, a finished sample leaves and the next input takes its place,
+    so the early stops shorten the run instead of leaving idle rows.
+    ``passes`` counts the model passes actually made.
     """
 
     name = "cw"
+    streams = True
 
     def __init__(self, model: Model, steps: int = 100, search_steps: int = 5, initial_const: float = 1e-2,
-                 lr: float = 0.01, confidence: float = 0.0, **kw):
+                 lr: float = 0.01, confidence: float = 0.0, abort_early: bool = True,
+                 stop_when_bracketed: bool = True, **kw):
         super().__init__(model, **kw)
-        if steps < 1 or search_steps < 1 or initial_const <= 0:
-            raise CsgError("CW needs steps >= 1, search_steps >= 1 and initial_const > 0")
+        if steps < 1 or search_steps < 1 or not initial_const > 0 or not lr > 0 or confidence < 0:
+            raise CsgError("CW needs steps >= 1, search_steps >= 1, initial_const > 0, lr > 0 and confidence >= 0")
         self.steps = int(steps)
         self.search_steps = int(search_steps)
         self.initial_const = float(initial_const)
         self.lr = float(lr)
         self.confidence = float(confidence)
+        self.abort_early = bool(abort_early)
+        self.stop_when_bracketed = bool(stop_when_bracketed)
+
+    @property
+    def budget_passes(self) -> int:
+        return self.steps * self.search_steps
 
     def _margin(self, logits, labels, targets):
         """``f`` above, and whether the iterate succeeds (with the confidence margin)."""
         cls = labels if targets is None else targets
         real = logits.gather(1, cls[:, None]).squeeze(1)
         others = logits.masked_fill(F.one_hot(cls, logits.shape[1]).bool(), float("-inf")).amax(1)
-        if targets is None:
-            diff = real - others
-        else:
-            diff = others - real
+        diff = real - others if targets is None else others - real
         f = diff.clamp(min=-self.confidence)
         success = diff < -self.confidence if self.confidence > 0 else is_adversarial(logits, labels, targets)
         return f, success
@@ -204,40 +259,120 @@ class CarliniWagnerL2(Attack):
     def perturb(self, images, labels, targets):
         n = len(images)
         dev = images.device
-        x0 = images.detach()
-        # atanh of the image scaled slightly inside (-1, 1) so w stays finite at 0 and 1.
-        w0 = torch.atanh((x0 * 2 - 1) * (1 - 1e-6))
-        const = torch.full((n,), self.initial_const, device=dev)
-        lower = torch.zeros(n, device=dev)
-        upper = torch.full((n,), 1e10, device=dev)
+        width = min(n, self.batch_size or n) or 1
+        x_all = images.detach()
+        best_adv = x_all.clone()
         best_l2 = torch.full((n,), float("inf"), device=dev)
-        best_adv = x0.clone()
-        for _ in range(self.search_steps):
-            w = w0.clone().requires_grad_(True)
-            opt = torch.optim.Adam([w], lr=self.lr)
-            round_success = torch.zeros(n, dtype=torch.bool, device=dev)
-            for _ in range(self.steps):
-                with torch.enable_grad():
-                    x = (torch.tanh(w) + 1) / 2
-                    logits = self.model(x)
-                    l2 = (x - x0).flatten(1).pow(2).sum(1)
-                    f, success = self._margin(logits, labels, targets)
-                    loss = (l2 + const * f).sum()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
+        check_every = max(1, math.ceil(self.steps / 10))
+        b1, b2, eps = 0.9, 0.999, 1e-8
+
+        # Per-sample state of the working set; a row is one sample, ``idx`` its input row.
+        idx = torch.zeros(0, dtype=torch.long, device=dev)
+        fields = ("w", "m", "v")
+        state = {k: x_all.new_zeros((0,) + x_all.shape[1:]) for k in fields}
+        vec = {"it": torch.zeros(0, dtype=torch.long, device=dev), "step": torch.zeros(0, dtype=torch.long, device=dev),
+               "const": x_all.new_zeros(0), "lower": x_all.new_zeros(0), "upper": x_all.new_zeros(0),
+               "prev": x_all.new_zeros(0), "hit": torch.zeros(0, dtype=torch.bool, device=dev)}
+
+        def start_rows(rows: torch.Tensor) -> None:
+            """Append the inputs ``rows`` to the working set, at the first value of c."""
+            nonlocal idx
+            k = len(rows)
+            x0 = x_all[rows]
+            # atanh of the image scaled slightly inside (-1, 1) so w stays finite at 0 and 1.
+            state["w"] = torch.cat([state["w"], torch.atanh((x0 * 2 - 1) * (1 - 1e-6))])
+            state["m"] = torch.cat([state["m"], torch.zeros_like(x0)])
+            state["v"] = torch.cat([state["v"], torch.zeros_like(x0)])
+            vec["it"] = torch.cat([vec["it"], rows.new_zeros(k)])
+            vec["step"] = torch.cat([vec["step"], rows.new_zeros(k)])
+            vec["const"] = torch.cat([vec["const"], x0.new_full((k,), self.initial_const)])
+            vec["lower"] = torch.cat([vec["lower"], x0.new_zeros(k)])
+            vec["upper"] = torch.cat([vec["upper"], x0.new_full((k,), 1e10)])
+            vec["prev"] = torch.cat([vec["prev"], x0.new_full((k,), float("inf"))])
+            vec["hit"] = torch.cat([vec["hit"], torch.zeros(k, dtype=torch.bool, device=dev)])
+            idx = torch.cat([idx, rows])
+
+        queue = torch.arange(n, device=dev)
+        start_rows(queue[:width])
+        queue = queue[width:]
+        y_all = labels
+        t_all = targets
+        while len(idx):
+            x0 = x_all[idx]
+            w = state["w"]
+            tw = torch.tanh(w)
+            x = (tw + 1) / 2
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                logits = self.model(xg)
+                f, success = self._margin(logits, y_all[idx], None if t_all is None else t_all[idx])
+                (grad_f,) = torch.autograd.grad((vec["const"] * f).sum(), xg)
+            self._count(len(idx))
+            with torch.no_grad():
+                delta = x - x0
+                l2 = delta.flatten(1).pow(2).sum(1)
+                loss = l2 + vec["const"] * f.detach()
                 # Record the iterate the loss was computed on (before the step), as the reference code does.
-                with torch.no_grad():
-                    better = success & (l2 < best_l2)
-                    best_l2 = torch.where(better, l2.detach(), best_l2)
-                    best_adv[better] = x.detach()[better]
-                    round_success |= success
-                opt.step()
-            # Binary search on c, per sample.
-            upper = torch.where(round_success, torch.minimum(upper, const), upper)
-            lower = torch.where(round_success, lower, torch.maximum(lower, const))
-            bracketed = upper < 1e9
-            const = torch.where(bracketed, (lower + upper) / 2, const * 10)
+                better = success & (l2 < best_l2[idx])
+                if bool(better.any()):
+                    rows = idx[better]
+                    best_l2[rows] = l2[better]
+                    best_adv[rows] = x[better]
+                vec["hit"] |= success
+                # Adam on w (torch.optim.Adam's update, with each sample's own step count).
+                grad_w = (2 * delta + grad_f) * (1 - tw * tw) * 0.5
+                t = (vec["it"] + 1).to(x.dtype)
+                shape = (-1,) + (1,) * (x.dim() - 1)
+                state["m"].mul_(b1).add_(grad_w, alpha=1 - b1)
+                state["v"].mul_(b2).addcmul_(grad_w, grad_w, value=1 - b2)
+                bc1 = (1 - b1 ** t).view(shape)
+                bc2 = (1 - b2 ** t).view(shape)
+                denom = (state["v"].sqrt() / bc2.sqrt()).add_(eps)
+                state["w"] = w - (self.lr / bc1) * state["m"] / denom
+                it = vec["it"]
+                # Early abort: every check_every iterations, stop this c when the loss stopped falling.
+                check = (it % check_every) == 0
+                stalled = check & ~(loss <= 0.9999 * vec["prev"]) if self.abort_early else torch.zeros_like(check)
+                vec["prev"] = torch.where(check, loss, vec["prev"])
+                vec["it"] = it + 1
+                end_c = stalled | (vec["it"] >= self.steps)
+                if bool(end_c.any()):
+                    self._end_search_step(end_c, vec, state, x_all, idx)
+                    done = vec["step"] >= self.search_steps
+                    if self.stop_when_bracketed:
+                        done |= end_c & (vec["upper"] < 1e9)
+                    if bool(done.any()):
+                        keep = ~done
+                        idx = idx[keep]
+                        for k in fields:
+                            state[k] = state[k][keep]
+                        for k in vec:
+                            vec[k] = vec[k][keep]
+                        free = width - len(idx)
+                        if free and len(queue):
+                            start_rows(queue[:free])
+                            queue = queue[free:]
         return best_adv
+
+    def _end_search_step(self, end_c, vec, state, x_all, idx) -> None:
+        """Binary-search update of c for the rows whose value of c ended; restart them at the clean image."""
+        hit = vec["hit"]
+        const = vec["const"]
+        upper = torch.where(end_c & hit, torch.minimum(vec["upper"], const), vec["upper"])
+        lower = torch.where(end_c & ~hit, torch.maximum(vec["lower"], const), vec["lower"])
+        new_const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
+        vec["upper"], vec["lower"] = upper, lower
+        vec["const"] = torch.where(end_c, new_const, const)
+        vec["step"] = vec["step"] + end_c.long()
+        vec["it"] = torch.where(end_c, torch.zeros_like(vec["it"]), vec["it"])
+        vec["prev"] = torch.where(end_c, torch.full_like(vec["prev"], float("inf")), vec["prev"])
+        vec["hit"] = hit & ~end_c
+        if bool(end_c.any()):
+            rows = end_c.nonzero().squeeze(1)
+            x0 = x_all[idx[rows]]
+            state["w"][rows] = torch.atanh((x0 * 2 - 1) * (1 - 1e-6))
+            state["m"][rows] = 0
+            state["v"][rows] = 0
 
 
 ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "cw": CarliniWagnerL2}

@@ -14,6 +14,7 @@ features; the detector's error rate on held-out pairs is
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import numpy as np
@@ -153,44 +154,73 @@ def balanced_sample(labels: np.ndarray, per_class: int, rng: np.random.Generator
     return np.sort(order[rank < per_class])
 
 
-def detector_error(train_clean: np.ndarray, train_adv: np.ndarray, test_clean: np.ndarray, test_adv: np.ndarray,
-                   *, seed: int = 0, n_estimators: int = 100, n_jobs: int | None = 1) -> float:
-    """Fit a random forest on clean (0) vs adversarial (1) features; return its test error rate."""
+def default_jobs() -> int:
+    """Worker processes for the forest: the torch thread count (the cores this run was given), at least 1."""
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+
+
+def detector_predictions(train_clean: np.ndarray, train_adv: np.ndarray, test_clean: np.ndarray,
+                         test_adv: np.ndarray, *, seed: int = 0, n_estimators: int = 100,
+                         n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fit a random forest on clean (0) vs adversarial (1) features; return whether each test item is right.
+
+    Returns ``(clean_correct, adv_correct)``: booleans per clean and per
+    adversarial test item (a clean item is right when called clean).
+    """
     from sklearn.ensemble import RandomForestClassifier
 
-    x_train = np.concatenate([train_clean, train_adv]).astype(np.float32)
-    y_train = np.concatenate([np.zeros(len(train_clean)), np.ones(len(train_adv))]).astype(np.int64)
-    x_test = np.concatenate([test_clean, test_adv]).astype(np.float32)
-    y_test = np.concatenate([np.zeros(len(test_clean)), np.ones(len(test_adv))]).astype(np.int64)
-    if len(x_train) == 0 or len(x_test) == 0:
+    if len(train_clean) + len(train_adv) == 0 or len(test_clean) + len(test_adv) == 0:
         raise CsgError("the detector needs at least one training and one test pair; lower --train-sizes/--test-size "
                        "or use more data")
-    forest = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
+    x_train = np.concatenate([train_clean, train_adv]).astype(np.float32)
+    y_train = np.concatenate([np.zeros(len(train_clean)), np.ones(len(train_adv))]).astype(np.int64)
+    forest = RandomForestClassifier(n_estimators=n_estimators, random_state=seed,
+                                    n_jobs=default_jobs() if n_jobs is None else n_jobs)
     forest.fit(x_train, y_train)
-    return float(np.mean(forest.predict(x_test) != y_test))
+    pred = forest.predict(np.concatenate([test_clean, test_adv]).astype(np.float32))
+    return pred[:len(test_clean)] == 0, pred[len(test_clean):] == 1
+
+
+def detector_error(train_clean: np.ndarray, train_adv: np.ndarray, test_clean: np.ndarray, test_adv: np.ndarray,
+                   *, seed: int = 0, n_estimators: int = 100, n_jobs: int | None = None) -> float:
+    """Fit a random forest on clean (0) vs adversarial (1) features; return its test error rate."""
+    clean_ok, adv_ok = detector_predictions(train_clean, train_adv, test_clean, test_adv, seed=seed,
+                                            n_estimators=n_estimators, n_jobs=n_jobs)
+    return float(1.0 - np.concatenate([clean_ok, adv_ok]).mean())
 
 
 def detection_experiment(train: dict[str, np.ndarray], test: dict[str, np.ndarray], train_sizes: Sequence[int],
                          test_size: int, *, repeats: int = 5, seed: int = 0, n_estimators: int = 100,
-                         n_jobs: int | None = 1) -> dict[str, dict]:
-    """Error rate of the detector per training size: mean and spread over seeded repeats.
+                         n_jobs: int | None = None, on_fit: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Error rate of the detector per training size: mean and spread over seeded repeats, and per test item.
 
     ``train`` and ``test`` hold paired arrays ``clean`` (N x D), ``adv`` (N x D)
     and ``labels`` (N). Each repeat draws ``n`` pairs per class from ``train``
-    and ``test_size`` pairs per class from ``test`` (both clean and adversarial
-    of an image go to the same side), fits a forest seeded by the repeat and
-    records the error. ``std`` is the sample standard deviation (ddof = 1; 0
-    for a single repeat).
+    (both the clean and the adversarial version of an image) and fits a forest
+    seeded by the repeat; every repeat is scored on the whole ``test`` pool
+    (already at most ``test_size`` pairs per class), so each test item has a
+    result in every repeat. Per size: ``errors`` (one per repeat), their
+    ``mean`` and sample ``std`` (ddof = 1; 0 for one repeat), and
+    ``clean_correct`` / ``adv_correct``: per test item (in the pool's order),
+    the fraction of repeats that got it right. ``on_fit`` is called after
+    every forest (for a progress bar).
     """
     results: dict[str, dict] = {}
     for n in train_sizes:
         errors = []
+        clean_hits = np.zeros(len(test["labels"]))
+        adv_hits = np.zeros(len(test["labels"]))
         for r in range(repeats):
             rng = np.random.default_rng([int(seed), int(n), r])
             tr = balanced_sample(train["labels"], int(n), rng)
-            te = balanced_sample(test["labels"], int(test_size), rng)
-            errors.append(detector_error(train["clean"][tr], train["adv"][tr], test["clean"][te], test["adv"][te],
-                                         seed=int(seed) * 1000 + r, n_estimators=n_estimators, n_jobs=n_jobs))
+            clean_ok, adv_ok = detector_predictions(train["clean"][tr], train["adv"][tr], test["clean"],
+                                                    test["adv"], seed=int(seed) * 1000 + r,
+                                                    n_estimators=n_estimators, n_jobs=n_jobs)
+            clean_hits += clean_ok
+            adv_hits += adv_ok
+            errors.append(1.0 - float(np.concatenate([clean_ok, adv_ok]).mean()))
+            if on_fit is not None:
+                on_fit()
         errs = np.asarray(errors)
         results[str(int(n))] = {
             "train_per_class": int(n),
@@ -198,8 +228,11 @@ def detection_experiment(train: dict[str, np.ndarray], test: dict[str, np.ndarra
             "mean": float(errs.mean()),
             "std": float(errs.std(ddof=1)) if len(errs) > 1 else 0.0,
             "errors": [float(e) for e in errs],
+            "clean_correct": clean_hits / repeats,
+            "adv_correct": adv_hits / repeats,
         }
     return results
 
 
-__all__ = ["find_blocks", "BlockFeatures", "balanced_sample", "detector_error", "detection_experiment"]
+__all__ = ["find_blocks", "BlockFeatures", "balanced_sample", "detector_predictions", "detector_error",
+           "detection_experiment", "default_jobs"]

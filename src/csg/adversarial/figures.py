@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.io import atomic_write_bytes
+from ..core.plotting import pyplot, save_figure
 
 
 def _to_hwc(image) -> np.ndarray:
@@ -14,24 +14,13 @@ def _to_hwc(image) -> np.ndarray:
     return arr[..., 0] if arr.shape[2] == 1 else arr
 
 
-def _save(fig, path: Path) -> Path:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_examples(examples: dict[str, dict], path: str | Path, *, classes: list[str] | None = None) -> Path:
     """One row per attack: clean image, adversarial image, and ``delta`` amplified to the full range.
 
     The difference is shown as ``0.5 + delta / (2 max|delta|)`` (grey = unchanged),
     averaged over colour channels with a diverging colour map.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(examples)
     fig, axes = plt.subplots(len(names), 3, figsize=(7.5, 2.6 * len(names)), squeeze=False)
@@ -61,17 +50,12 @@ def plot_examples(examples: dict[str, dict], path: str | Path, *, classes: list[
             ax.set_yticks([])
     fig.suptitle("Adversarial examples per attack", fontsize=11)
     fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return save_figure(fig, Path(path))
 
 
 def plot_detection(detection: dict[str, dict], path: str | Path, *, title: str = "Detector error") -> Path:
     """Error rate (%) of the random-forest detector against training images per class, one line per attack."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, per_size in detection.items():
@@ -93,9 +77,31 @@ def plot_detection(detection: dict[str, dict], path: str | Path, *, title: str =
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
+    return save_figure(fig, Path(path))
+
+
+
+def render_figures(result, folder: str | Path, *, title: str = "") -> list[dict]:
+    """Draw the figures of an :class:`AdversarialResult` into ``folder``; returns ``[{path, caption}]``.
+
+    Paths are relative to the run directory (``figures/...``) when ``folder``
+    is the run's figures folder, as the report expects.
+    """
+    folder = Path(folder)
+    out = []
+    if result.examples:
+        plot_examples(result.examples, folder / "adversarial_examples.png", classes=result.classes)
+        out.append({"path": f"{folder.name}/adversarial_examples.png",
+                    "caption": "Example per attack: clean image, adversarial image and the difference amplified "
+                               "to the full colour range."})
+    detection = result.summary.get("detection", {})
+    if any(detection.values()):
+        plot_detection(detection, folder / "adversarial_detection.png",
+                       title=f"Detector error ({title})" if title else "Detector error")
+        out.append({"path": f"{folder.name}/adversarial_detection.png",
+                    "caption": "Random-forest detector error rate against training images per class, mean and "
+                               "std over repeats, per attack."})
     return out
 
 
-__all__ = ["plot_examples", "plot_detection"]
+__all__ = ["plot_examples", "plot_detection", "render_figures"]

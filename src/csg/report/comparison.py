@@ -206,13 +206,24 @@ def _one_seed_interval(metric: str, a: RunResults, b: RunResults, *, reps: int, 
         return paired_bootstrap_interval(stat, labels.size, reps=max(50, reps // 10), seed=seed)
     if metric.startswith("detection.") or metric.startswith("blackbox."):
         ia, ib = a.adversarial_items(), b.adversarial_items()
-        key = metric.replace("detection.", "detector_correct.").replace("blackbox.", "blackbox_success.")
-        if ia is None or ib is None or key not in ia or key not in ib:
+        if ia is None or ib is None:
             return None
-        # detector error = 1 - correctness; success is itself the rate. Items are each model's own.
-        xa, xb = ia[key].astype(np.float64), ib[key].astype(np.float64)
-        if metric.startswith("detection."):
-            xa, xb = 1.0 - xa, 1.0 - xb
+
+        def items(arrays: dict) -> np.ndarray | None:
+            # detector: the share of repeats that got each clean and each adversarial test item wrong;
+            # black-box: success per attacked image. Each model has its own items: independent resamples.
+            if metric.startswith("detection."):
+                _, attack, size = metric.split(".", 2)
+                keys = (f"{attack}.n{size}.clean_correct", f"{attack}.n{size}.adv_correct")
+                if not all(k in arrays for k in keys):
+                    return None
+                return 1.0 - np.concatenate([np.asarray(arrays[k], dtype=np.float64).ravel() for k in keys])
+            key = f"{metric.split('.', 1)[1]}.success"
+            return np.asarray(arrays[key], dtype=np.float64) if key in arrays else None
+
+        xa, xb = items(ia), items(ib)
+        if xa is None or xb is None or not xa.size or not xb.size:
+            return None
         return independent_bootstrap_mean_difference(xa, xb, reps=reps, seed=seed)
     return None
 
