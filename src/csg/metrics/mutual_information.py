@@ -23,22 +23,31 @@ What scikit-learn (1.9.1) does, per call, and how it is reproduced here:
    ``n`` and the means over the kept samples.
 
 In one dimension the neighbours are order statistics: each column is sorted
-once (rows padded with -inf / +inf so distances past a row's ends are inf).
-For the label ``y == c`` the k-th distance inside class ``c`` comes from the
-class-sorted order (a stable sort of the labels of the value-sorted samples,
-all classes at once) and a window of ``k`` class neighbours on each side;
-``m_i`` then lies between known positions: on each side, between the last
-class member within the radius and the first one beyond it, and a short
-search in that gap (probe next to the far member, interpolate, bisect) finds
-the boundary. For the label ``y != c`` the k-th distance equals the k-th
-distance among *all* samples unless a member of ``c`` is among a sample's
-``k`` nearest neighbours, so the per-class sums are one total minus the
-class's own samples plus a correction for those (sample, class) pairs, read
-from each sample's ``2k + 1`` nearest neighbours (merged from the two sides):
-the radius is the ``k``-th entry outside ``c``, at index ``p``, and
-``m = 1 + #{entries nearer than it}`` (``1 + p`` without ties); pairs whose
-list holds too many members of ``c`` scan further. Filters are processed in
-blocks (bounded memory), optionally on several threads (``n_jobs``).
+once (an int64 sort of packed keys; rows padded with -inf / +inf so that
+distances past a row's ends are inf) and reused for every class.
+
+For the label ``y == c`` the k-th distance ``d`` inside class ``c`` comes from
+the class-sorted order (a stable sort of the labels of the value-sorted
+samples, all classes at once) and ``k`` class neighbours on each side.
+Without ties one member lies at distance ``d``, on the "defining" side, and
+every sample between it and ``x_i`` is within the radius: that side's count is
+a difference of positions. On the other side the boundary lies between the
+last member nearer than ``d`` and the next one, and a short search in that gap
+(interpolate, probe next to it, bisect) finds it. Ties, ``d = 0`` and classes
+of at most ``2k + 1`` members search both sides.
+
+For the label ``y != c`` a sample keeps the all-sample radius, and without
+ties ``m = k``, unless a member of ``c`` is among its ``k`` nearest
+neighbours; then the radius is that of the ``k``-th entry outside ``c`` in its
+list of ``2k + 1`` nearest neighbours (merged from the two sides), at index
+``p``, and ``m = 1 + p``. So the sum over the label is ``(n - n_c) psi(k)``
+plus a histogram of those (sample, class, ``p``) corrections. Samples with
+ties in their list count the entries nearer than the radius exactly; pairs
+whose list holds too many members of ``c`` scan further.
+
+Filters are processed in blocks (bounded memory), on several threads when
+``n_jobs`` asks for them (numpy releases the GIL inside its kernels); the
+result does not depend on either.
 
 Floating point is reproduced exactly: scikit-learn's KD-tree distance in 1-D
 is ``|fl(x_i - x_j)|``; its brute-force search (used when a label has at most
@@ -394,16 +403,17 @@ def _search(flat, x, r, inside, outside, step):
     lies, then bisection.
     """
     out = outside.copy()
-    todo = np.flatnonzero(np.abs(outside - inside) > 1)
-    if not todo.size:
-        return out
-    a, b, xx, rr, st = (v.take(todo) for v in (inside, outside, x, r, step))
-    sf = st.astype(np.float64)
+    todo = np.arange(inside.size)  # no compaction yet: nearly all are open at first
+    a, b, xx, rr = inside, outside, x, r
+    st = step.astype(np.int64)
+    sf = step.astype(np.float64)
     da = (flat.take(a) - xx) * sf
     db = (flat.take(b) - xx) * sf
     length = np.abs(b - a)
     frac = (rr - da) / (db - da)  # 0 where b is the padding (inf)
-    mid = a + st * np.clip((frac * length).astype(np.int64), 1, length - 1)
+    # settled brackets (length 1) probe their inside end and stay settled
+    mid = a + st * np.clip((frac * length).astype(np.int64), 1, np.maximum(length - 1, 1))
+    del da, db, frac, length
     probe = 1
     while True:
         beyond = (flat.take(mid) - xx) * sf > rr
@@ -411,11 +421,12 @@ def _search(flat, x, r, inside, outside, step):
         b = a + shift + (b - a) * ~beyond
         a = mid - shift
         open_ = np.abs(b - a) > 1
-        if not open_.all():  # write back the settled ones, go on with the others
+        n_open = np.count_nonzero(open_)
+        if n_open <= open_.size // 2:  # write back the settled ones, go on with the others
             out[todo] = b
-            keep = np.flatnonzero(open_)
-            if not keep.size:
+            if not n_open:
                 return out
+            keep = np.flatnonzero(open_)
             todo, a, b, xx, rr, st, sf, beyond = (v.take(keep) for v in (todo, a, b, xx, rr, st, sf, beyond))
         mid = a + st + (b - a - 2 * st) * beyond if probe == 1 else (a + b) >> 1
         probe += 1
@@ -463,30 +474,34 @@ def _positive_sums(s, flat, row_start, ys, lay: _Layout) -> np.ndarray:
         aR, bR = aR + (R[t] < d).view(np.int8), bR + (R[t] <= d).view(np.int8)
     regular = (aL + aR == K - 1) & (bL + bR == K) & (d > 0) & lay.col_fast
     def_right = bR > aR  # the member at distance d is on the right
+    sg = def_right.view(np.int8) * np.int8(2) - np.int8(1)  # direction of the defining side
     a_other = aR + (aL - aR) * def_right  # members nearer than d on the other side
-    a_def = aL + aR - a_other
-    del aL, bL, aR, bR
-    # flat positions in the padded value-sorted rows of: the defining member, the last member
-    # nearer than d on the other side, and the member after it
-    sg = def_right * 2 - 1  # direction of the defining side
+    off_def = sg * (aL + aR - a_other + 1)  # class-sorted offsets (int8) of: the defining member,
+    off_in = -sg * a_other  # the last member nearer than d on the other side,
+    off_out = off_in - sg  # and the member after it
+    del aL, bL, aR, bR, def_right
+    # their flat positions in the padded value-sorted rows (offsets past the block's ends only occur
+    # for irregular samples, whose values are not used: clipped)
     pos = (perm + row_start).ravel()
-    at = np.arange(B * n).reshape(B, n)  # flat class-sorted index
-    top = B * n - 1  # clipped indices only occur for irregular samples, whose values are not used
-    q_def = pos.take(np.clip(at + sg * (a_def + 1), 0, top))
-    q_in = pos.take(np.clip(at - sg * a_other, 0, top))
-    j_out = np.arange(n) - sg * (a_other + 1)
-    has_out = (j_out >= lay.col_lo) & (j_out < lay.col_hi)
-    edge = row_start + (n - 1 - sg * (n + 1)) // 2  # no member there: the padding, -1 or n
-    q_out = pos.take(np.clip(at - sg * (a_other + 1), 0, top)) * has_out + edge * ~has_out
-    del a_def, a_other, j_out, has_out, edge, at
+    del perm
+    at = np.arange(B * n).reshape(B, n)
+    idx = np.empty_like(at)
+    q_def = pos.take(np.add(at, off_def, out=idx), mode="clip")
     # a tie if the sample next to the defining member is not nearer than d
-    regular &= (flat.take(q_def - sg) - cs) * sg < d
+    regular &= np.abs(flat.take(q_def - sg) - cs) < d
     irregular = np.flatnonzero(~regular & lay.col_valid)
     general = (irregular, L.reshape(K, -1)[:, irregular], R.reshape(K, -1)[:, irregular])
-    del L, R, d
+    del L, R, d, regular, off_def
+    q_in = pos.take(np.add(at, off_in, out=idx), mode="clip")
+    q_out = pos.take(np.add(at, off_out, out=idx), mode="clip")
+    # no member after it in the class: the row's padding (-1 or n) is the outer end
+    j_out = np.arange(n) + off_out
+    no_out = np.flatnonzero((j_out < lay.col_lo) | (j_out >= lay.col_hi))
+    del at, idx, j_out, off_in, off_out, a_other
+    rs = row_start.ravel()
+    q_out.flat[no_out] = rs[no_out // n] + np.where(sg.flat[no_out] > 0, -1, n)
     xf, rf = cs.ravel(), r.ravel()
-    q_out = q_out * regular + (q_in + sg) * ~regular  # irregular: an empty bracket, no search here
-    del regular
+    q_out.flat[irregular] = q_in.flat[irregular] - sg.flat[irregular]  # a settled bracket: no search
     q_other = _search(flat, xf, rf, q_in.ravel(), q_out.ravel(), -sg.ravel())
     m = np.abs(q_def.ravel() - q_other) - 1  # both sides and x_i itself
     del q_in, q_out, q_other, q_def, sg
@@ -541,11 +556,10 @@ def _nearest_neighbours(flat, cls_flat, x, pos, width):
     for j in range(width):
         take_right = left > right
         np.minimum(left, right, out=d_nb[j])
-        q = q_left + take_right * (j + 2)  # the sample just listed
-        cls_flat.take(q, out=c_nb[j])
+        cls_flat.take(q_left + take_right * (j + 2), out=c_nb[j])  # the sample just listed
         if j + 1 < width:  # step past it on its side; only that side's distance changes
             q_left -= ~take_right
-            v = flat.take(q + 2 * take_right - 1)
+            v = flat.take(q_left + take_right * (j + 3))  # the next sample on that side
             # x - v <= 0 <= left when the right side moved (and v - x <= 0 <= right the other way)
             np.maximum(left, x - v, out=left)
             np.maximum(right, v - x, out=right)
