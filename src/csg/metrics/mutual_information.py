@@ -165,8 +165,9 @@ def _kth_of_two_sorted(left: np.ndarray, right: np.ndarray, k: int) -> np.ndarra
     ``min_{t=0..k} max(left[t-1], right[k-t-1])`` with an empty prefix as -inf.
     """
     best = np.minimum(left[k - 1], right[k - 1])
+    pair = np.empty_like(best)
     for t in range(1, k):
-        best = np.minimum(best, np.maximum(left[t - 1], right[k - t - 1]))
+        np.minimum(best, np.maximum(left[t - 1], right[k - t - 1], out=pair), out=best)
     return best
 
 
@@ -404,7 +405,7 @@ def _search(flat, x, r, inside, outside, step):
     """
     out = outside.copy()
     todo = np.arange(inside.size)  # no compaction yet: nearly all are open at first
-    a, b, xx, rr = inside, outside, x, r
+    a, b, xx, rr = inside.copy(), outside.copy(), x, r
     st = step.astype(np.int64)
     sf = step.astype(np.float64)
     da = (flat.take(a) - xx) * sf
@@ -416,10 +417,20 @@ def _search(flat, x, r, inside, outside, step):
     del da, db, frac, length
     probe = 1
     while True:
-        beyond = (flat.take(mid) - xx) * sf > rr
-        shift = (mid - a) * beyond  # b = beyond ? mid : b, a = beyond ? a : mid (arithmetic blends)
-        b = a + shift + (b - a) * ~beyond
-        a = mid - shift
+        dist = flat.take(mid)
+        dist -= xx
+        dist *= sf
+        beyond = dist > rr
+        # b = beyond ? mid : b and a = beyond ? a : mid, as arithmetic blends (np.where is slow on
+        # random masks), in place
+        mid -= a
+        shift = mid * beyond
+        b -= a
+        b *= ~beyond
+        b += a
+        b += shift
+        a += mid
+        a -= shift
         open_ = np.abs(b - a) > 1
         n_open = np.count_nonzero(open_)
         if n_open <= open_.size // 2:  # write back the settled ones, go on with the others
