@@ -66,6 +66,70 @@ def test_mi_matrix_absent_class_column_is_zero():
     np.testing.assert_array_equal(m[:, 3:], 0.0)
 
 
+def test_mi_matrix_with_duplicates_constant_and_signed_features():
+    # repeated samples (distance-0 neighbours), a constant non-zero filter (ties in the noise's last
+    # bits), signed and coarsely rounded values (ties among distances)
+    rng = np.random.default_rng(5)
+    base = np.column_stack([rng.normal(size=150), np.round(rng.normal(size=150), 1), rng.gamma(2.0, size=150)])
+    x = np.repeat(base, rng.integers(1, 5, 150), axis=0)
+    x = np.column_stack([x, np.full(len(x), 7.0)])
+    y = rng.integers(0, 5, len(x))
+    np.testing.assert_allclose(mutual_information_matrix(x, y), sklearn_matrix(x, y, 5), atol=1e-9)
+
+
+def test_mi_matrix_with_class_dominated_neighbourhoods_and_small_classes():
+    # class 0 fills a stretch of filter 0 (lists crowded by one class), class 1 is nearly everything
+    # in the second problem, and classes of 2K + 1 and 2K + 2 members sit on either side of the
+    # brute-force / KD-tree switch
+    rng = np.random.default_rng(8)
+    y = np.concatenate([np.zeros(60, int), rng.integers(2, 6, 240), np.full(7, 6), np.full(8, 7)])
+    x = rng.normal(size=(y.size, 3))
+    x[y == 0, 0] = rng.uniform(0, 0.05, 60)
+    x[:, 1] = np.where(y == 6, 0.01 * rng.normal(size=y.size), x[:, 1])
+    np.testing.assert_allclose(mutual_information_matrix(x, y), sklearn_matrix(x, y, 8), atol=1e-9)
+    y_big = np.where(np.arange(y.size) < 5, 0, 1)  # the complement of class 1 has 5 <= 2K + 1 members
+    np.testing.assert_allclose(mutual_information_matrix(x, y_big), sklearn_matrix(x, y_big, 2), atol=1e-9)
+
+
+def test_mi_matrix_many_classes_and_threads():
+    x, y = class_dependent_features(900, 5, 60, seed=4)  # ~15 members per class, some of 7 or fewer
+    full = mutual_information_matrix(x, y, num_classes=60)
+    np.testing.assert_allclose(full, sklearn_matrix(x, y, 60), atol=1e-9)
+    np.testing.assert_array_equal(mutual_information_matrix(x, y, num_classes=60, n_jobs=2, chunk_size=1), full)
+
+
+def test_mi_kernel_with_exact_ties_matches_sklearn_estimator():
+    # the noise makes exact ties rare; without it (integer values, repeated samples) every tie and
+    # distance-0 path of the kernel runs. Reference: scikit-learn's own estimator for one pair.
+    from sklearn.feature_selection._mutual_info import _compute_mi_cd
+
+    from csg.metrics.mutual_information import _mi_from_prepared
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 400)
+    X = np.column_stack([rng.integers(0, 6, 400), rng.integers(0, 40, 400) * 0.25,
+                         np.repeat(rng.normal(size=100), 4), np.full(400, 3.0)]).astype(float)
+    X[y == 3, 0] = 2.0  # a class piled on one value
+    ref = np.array([[_compute_mi_cd(X[:, k], y == c, 3) for c in range(4)] for k in range(4)])
+    np.testing.assert_allclose(_mi_from_prepared(X, y, 4, 3), ref, atol=1e-9)
+
+
+def test_sort_rows_and_prev_float_match_numpy():
+    from csg.metrics.mutual_information import _prev_float, _sort_rows
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 300))
+    X[1, :150] = 1.0 + np.arange(150) * np.finfo(float).eps  # differ in the packed-away bits: fallback row
+    X[2, :10] = [0.0, -0.0] * 5
+    X[3] = -np.abs(X[3])
+    out = np.empty_like(X)
+    order = _sort_rows(X, out)
+    np.testing.assert_array_equal(out, np.sort(X, axis=1))
+    np.testing.assert_array_equal(np.take_along_axis(X, order, axis=1), out)
+    d = np.concatenate([np.abs(rng.normal(size=50)), [0.0, 5e-324, np.inf, 1.0]])
+    np.testing.assert_array_equal(_prev_float(d), np.nextafter(d, 0))
+
+
 @pytest.mark.parametrize("features,labels,match", [
     (np.zeros((10, 2)), np.zeros(9, dtype=int), "labels"),
     (np.full((10, 2), np.nan), np.arange(10) % 2, "finite"),

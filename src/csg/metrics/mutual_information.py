@@ -23,22 +23,31 @@ What scikit-learn (1.9.1) does, per call, and how it is reproduced here:
    ``n`` and the means over the kept samples.
 
 In one dimension the neighbours are order statistics: each column is sorted
-once (rows padded with -inf / +inf so distances past a row's ends are inf).
-For the label ``y == c`` the k-th distance inside class ``c`` comes from the
-class-sorted order (a stable sort of the labels of the value-sorted samples,
-all classes at once) and a window of ``k`` class neighbours on each side;
-``m_i`` then lies between known positions: on each side, between the last
-class member within the radius and the first one beyond it, and a short
-search in that gap (probe next to the far member, interpolate, bisect) finds
-the boundary. For the label ``y != c`` the k-th distance equals the k-th
-distance among *all* samples unless a member of ``c`` is among a sample's
-``k`` nearest neighbours, so the per-class sums are one total minus the
-class's own samples plus a correction for those (sample, class) pairs, read
-from each sample's ``2k + 1`` nearest neighbours (merged from the two sides):
-the radius is the ``k``-th entry outside ``c``, at index ``p``, and
-``m = 1 + #{entries nearer than it}`` (``1 + p`` without ties); pairs whose
-list holds too many members of ``c`` scan further. Filters are processed in
-blocks (bounded memory), optionally on several threads (``n_jobs``).
+once (an int64 sort of packed keys; rows padded with -inf / +inf so that
+distances past a row's ends are inf) and reused for every class.
+
+For the label ``y == c`` the k-th distance ``d`` inside class ``c`` comes from
+the class-sorted order (a stable sort of the labels of the value-sorted
+samples, all classes at once) and ``k`` class neighbours on each side.
+Without ties one member lies at distance ``d``, on the "defining" side, and
+every sample between it and ``x_i`` is within the radius: that side's count is
+a difference of positions. On the other side the boundary lies between the
+last member nearer than ``d`` and the next one, and a short search in that gap
+(interpolate, probe next to it, bisect) finds it. Ties, ``d = 0`` and classes
+of at most ``2k + 1`` members search both sides.
+
+For the label ``y != c`` a sample keeps the all-sample radius, and without
+ties ``m = k``, unless a member of ``c`` is among its ``k`` nearest
+neighbours; then the radius is that of the ``k``-th entry outside ``c`` in its
+list of ``2k + 1`` nearest neighbours (merged from the two sides), at index
+``p``, and ``m = 1 + p``. So the sum over the label is ``(n - n_c) psi(k)``
+plus a histogram of those (sample, class, ``p``) corrections. Samples with
+ties in their list count the entries nearer than the radius exactly; pairs
+whose list holds too many members of ``c`` scan further.
+
+Filters are processed in blocks (bounded memory), on several threads when
+``n_jobs`` asks for them (numpy releases the GIL inside its kernels); the
+result does not depend on either.
 
 Floating point is reproduced exactly: scikit-learn's KD-tree distance in 1-D
 is ``|fl(x_i - x_j)|``; its brute-force search (used when a label has at most
@@ -50,6 +59,7 @@ from __future__ import annotations
 import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -127,17 +137,16 @@ def prepare_features(features, random_state=0) -> np.ndarray:
     """
     x = np.asarray(features)
     n, k = x.shape
-    # The same numpy calls on the same memory layouts as scikit-learn, so that the
-    # reductions (whose summation order depends on the layout) give the same bits.
     X = x.astype(np.float64, copy=True)
-    cols = np.ones(k, dtype=bool)
-    Xc = X[:, cols]
+    # scikit-learn scales and averages X[:, all-true mask], a copy whose layout (Fortran order for a
+    # C-ordered X) sets the summation order of the reductions: the same copy gives the same bits.
+    Xc = X[:, np.ones(k, dtype=bool)]
     std = np.nanstd(Xc, axis=0)
     std[std < 10 * np.finfo(np.float64).eps] = 1.0
     Xc /= std
-    X[:, cols] = Xc
+    X /= std  # elementwise: the same values as writing Xc back
+    amp = _NOISE * np.maximum(1, np.mean(np.abs(Xc), axis=0))
     del Xc
-    amp = _NOISE * np.maximum(1, np.mean(np.abs(X[:, cols]), axis=0))
     rng = _check_random_state(random_state)
     # Drawing the (n, K) normals in row blocks continues the same stream (row-major fill).
     for start in range(0, n, _NOISE_ROWS):
@@ -156,8 +165,9 @@ def _kth_of_two_sorted(left: np.ndarray, right: np.ndarray, k: int) -> np.ndarra
     ``min_{t=0..k} max(left[t-1], right[k-t-1])`` with an empty prefix as -inf.
     """
     best = np.minimum(left[k - 1], right[k - 1])
+    pair = np.empty_like(best)
     for t in range(1, k):
-        best = np.minimum(best, np.maximum(left[t - 1], right[k - t - 1]))
+        np.minimum(best, np.maximum(left[t - 1], right[k - t - 1], out=pair), out=best)
     return best
 
 
@@ -304,7 +314,399 @@ def _binary_mi(Xb: np.ndarray, z: np.ndarray, n_neighbors: int, psi: np.ndarray)
 # All classes of a block of filters
 
 
-def _negative_radius_excluding(s, ys, eqrun, b, p, c, K):
+@dataclass(frozen=True)
+class _Layout:
+    """What every block of filters shares: the label layout, in class-sorted columns, and digamma."""
+    n: int
+    C: int
+    K: int
+    counts: np.ndarray      # (C,) members per class
+    seg_lo: np.ndarray      # (C,) first class-sorted column of each class
+    col_lo: np.ndarray      # (n,) first column of the class of each class-sorted column
+    col_hi: np.ndarray      # (n,) one past its class's last column
+    col_fast: np.ndarray    # (n,) in a class of more than 2K + 1 members (KD-tree radius)
+    col_valid: np.ndarray   # (n,) in a class of at least 2 members
+    small_cols: np.ndarray  # columns of classes of 2 .. 2K + 1 members (brute-force radius)
+    small_k: np.ndarray     # their k = min(K, members - 1)
+    edge_left: tuple        # edge_left[t - 1]: columns whose class has no member t places left
+    edge_right: tuple
+    special: np.ndarray     # (C,) classes computed one binary target at a time
+    regular: np.ndarray     # (C,) the others
+    psi: np.ndarray         # digamma(0 .. n)
+
+
+def _layout(y: np.ndarray, C: int, K: int) -> _Layout:
+    n = y.size
+    counts = np.bincount(y, minlength=C)
+    seg_lo = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    size = np.repeat(counts, counts)  # class size, per class-sorted column
+    col_lo = np.repeat(seg_lo, counts)
+    col_hi = col_lo + size
+    j = np.arange(n)
+    small = (size >= 2) & (size <= 2 * K + 1)
+    special = (counts == 1) | (n - counts <= 2 * K + 1)
+    return _Layout(n=n, C=C, K=K, counts=counts, seg_lo=seg_lo, col_lo=col_lo, col_hi=col_hi,
+                   col_fast=size > 2 * K + 1, col_valid=size >= 2, small_cols=np.flatnonzero(small),
+                   small_k=np.minimum(K, size[small] - 1),
+                   edge_left=tuple(np.flatnonzero(j - t < col_lo) for t in range(1, K + 1)),
+                   edge_right=tuple(np.flatnonzero(j + t >= col_hi) for t in range(1, K + 1)),
+                   special=special, regular=~special, psi=digamma(np.arange(n + 1, dtype=np.float64)))
+
+
+def _prev_float(d: np.ndarray) -> np.ndarray:
+    """``nextafter(d, 0)`` for ``d >= 0`` (the bit pattern minus one; np.nextafter is far slower)."""
+    return (d.view(np.int64) - (d > 0)).view(np.float64)
+
+
+_MAGNITUDE_BITS = np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+def _sort_rows(X: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Argsort of each row of ``X`` (B, n), writing the sorted rows into ``out``.
+
+    An int64 sort of packed keys (numpy's SIMD sort, about twice as fast as a
+    float argsort plus the gather): the float's order-preserving integer image
+    with its lowest ``ceil(log2 n)`` bits replaced by the column index. Values
+    that agree in all the other bits come out in index order, not necessarily
+    in value order; rows where that happened are argsorted directly. The order
+    among equal values is arbitrary (only distances matter downstream).
+    """
+    B, n = X.shape
+    bits = max(1, (n - 1).bit_length())
+    if bits > 24:  # too few value bits would be left
+        order = np.argsort(X, axis=1)
+        out[...] = np.take_along_axis(X, order, axis=1)
+        return order
+    k = X.view(np.int64)
+    key = k ^ ((k >> 63) & _MAGNITUDE_BITS)  # negative floats: reverse the order of their magnitudes
+    index_bits = np.int64((1 << bits) - 1)
+    key &= ~index_bits
+    key |= np.arange(n, dtype=np.int64)
+    key.sort(axis=1)
+    order = key
+    order &= index_bits
+    out[...] = np.take_along_axis(X, order, axis=1)
+    unsorted = np.flatnonzero((out[:, 1:] < out[:, :-1]).any(axis=1))
+    if unsorted.size:
+        order[unsorted] = np.argsort(X[unsorted], axis=1)
+        out[unsorted] = np.take_along_axis(X[unsorted], order[unsorted], axis=1)
+    return order
+
+
+def _search(flat, x, r, inside, outside, step):
+    """First position from ``inside`` towards ``outside`` whose distance to ``x`` exceeds ``r``.
+
+    Along the sorted rows of ``flat`` (flat indices): ``step`` (+1 or -1 per
+    query) is the direction, ``inside`` is within ``r`` of ``x`` and
+    ``outside`` beyond it (a sample or the +-inf padding). The distance is the
+    KD-tree's ``|fl(x - s)|``, exactly. Probes: where linear interpolation of
+    the values puts the boundary, next to that probe on the side the boundary
+    lies, then bisection.
+    """
+    out = outside.copy()
+    todo = np.arange(inside.size)  # no compaction yet: nearly all are open at first
+    a, b, xx, rr = inside.copy(), outside.copy(), x, r
+    st = step.astype(np.int64)
+    sf = step.astype(np.float64)
+    da = (flat.take(a) - xx) * sf
+    db = (flat.take(b) - xx) * sf
+    length = np.abs(b - a)
+    frac = (rr - da) / (db - da)  # 0 where b is the padding (inf)
+    # settled brackets (length 1) probe their inside end and stay settled
+    mid = a + st * np.clip((frac * length).astype(np.int64), 1, np.maximum(length - 1, 1))
+    del da, db, frac, length
+    probe = 1
+    while True:
+        dist = flat.take(mid)
+        dist -= xx
+        dist *= sf
+        beyond = dist > rr
+        # b = beyond ? mid : b and a = beyond ? a : mid, as arithmetic blends (np.where is slow on
+        # random masks), in place
+        mid -= a
+        shift = mid * beyond
+        b -= a
+        b *= ~beyond
+        b += a
+        b += shift
+        a += mid
+        a -= shift
+        open_ = np.abs(b - a) > 1
+        n_open = np.count_nonzero(open_)
+        if n_open <= open_.size // 2:  # write back the settled ones, go on with the others
+            out[todo] = b
+            if not n_open:
+                return out
+            keep = np.flatnonzero(open_)
+            todo, a, b, xx, rr, st, sf, beyond = (v.take(keep) for v in (todo, a, b, xx, rr, st, sf, beyond))
+        mid = a + st + (b - a - 2 * st) * beyond if probe == 1 else (a + b) >> 1
+        probe += 1
+
+
+def _positive_sums(s, flat, row_start, ys, lay: _Layout) -> np.ndarray:
+    """``SP[b, c] = sum over members i of c of psi(m_i)`` for the label ``y == c`` (B, C).
+
+    In the class-sorted order (a stable sort of the labels of the value-sorted
+    samples, all classes at once) the k-th distance inside the class is
+    ``d = min_t max(L_t, R_{k-t})`` over the sorted side distances. Without
+    ties exactly one member lies at distance ``d``, on the "defining" side:
+    every sample strictly between it and ``x_i`` is within the radius, so that
+    side's count is a difference of positions. On the other side the boundary
+    lies between the last member nearer than ``d`` and the next member (or the
+    row's end): a short search. Ties, ``d = 0`` and classes of at most
+    ``2K + 1`` members (brute-force radius) take the two-sided search of
+    ``_positive_counts_general``.
+    """
+    B, n = s.shape
+    K = lay.K
+    perm = np.argsort(ys, axis=1, kind="stable")  # small-integer keys: numpy's radix sort
+    cs = np.take_along_axis(s, perm, axis=1)
+    L = np.empty((K, B, n))  # L[t - 1] = x - (t-th member to the left), inf past the class
+    R = np.empty((K, B, n))
+    for t in range(1, K + 1):
+        Lt, Rt = L[t - 1], R[t - 1]
+        if t < n:
+            np.subtract(cs[:, t:], cs[:, :-t], out=Lt[:, t:])
+            Rt[:, :-t] = Lt[:, t:]
+        Lt[:, :min(t, n)] = np.inf
+        Rt[:, max(n - t, 0):] = np.inf
+        Lt[:, lay.edge_left[t - 1]] = np.inf
+        Rt[:, lay.edge_right[t - 1]] = np.inf
+    d = _kth_of_two_sorted(L, R, K)
+    if lay.small_cols.size:
+        c = lay.small_cols
+        d[:, c] = _brute_kth(cs, c, lay.col_lo[c], lay.col_hi[c] - lay.col_lo[c], lay.small_k, 2 * K + 1)
+    r = _prev_float(d)
+    # side distances below d (a) and up to d (b), as int8 counts
+    aL, bL = (L[0] < d).view(np.int8), (L[0] <= d).view(np.int8)
+    aR, bR = (R[0] < d).view(np.int8), (R[0] <= d).view(np.int8)
+    for t in range(1, K):
+        aL, bL = aL + (L[t] < d).view(np.int8), bL + (L[t] <= d).view(np.int8)
+        aR, bR = aR + (R[t] < d).view(np.int8), bR + (R[t] <= d).view(np.int8)
+    regular = (aL + aR == K - 1) & (bL + bR == K) & (d > 0) & lay.col_fast
+    def_right = bR > aR  # the member at distance d is on the right
+    sg = def_right.view(np.int8) * np.int8(2) - np.int8(1)  # direction of the defining side
+    a_other = aR + (aL - aR) * def_right  # members nearer than d on the other side
+    off_def = sg * (aL + aR - a_other + 1)  # class-sorted offsets (int8) of: the defining member,
+    off_in = -sg * a_other  # the last member nearer than d on the other side,
+    off_out = off_in - sg  # and the member after it
+    del aL, bL, aR, bR, def_right
+    # their flat positions in the padded value-sorted rows (offsets past the block's ends only occur
+    # for irregular samples, whose values are not used: clipped)
+    pos = (perm + row_start).ravel()
+    del perm
+    at = np.arange(B * n).reshape(B, n)
+    idx = np.empty_like(at)
+    q_def = pos.take(np.add(at, off_def, out=idx), mode="clip")
+    # a tie if the sample next to the defining member is not nearer than d
+    regular &= np.abs(flat.take(q_def - sg) - cs) < d
+    irregular = np.flatnonzero(~regular & lay.col_valid)
+    general = (irregular, L.reshape(K, -1)[:, irregular], R.reshape(K, -1)[:, irregular])
+    del L, R, d, regular, off_def
+    q_in = pos.take(np.add(at, off_in, out=idx), mode="clip")
+    q_out = pos.take(np.add(at, off_out, out=idx), mode="clip")
+    # no member after it in the class: the row's padding (-1 or n) is the outer end
+    j_out = np.arange(n) + off_out
+    no_out = np.flatnonzero((j_out < lay.col_lo) | (j_out >= lay.col_hi))
+    del at, idx, j_out, off_in, off_out, a_other
+    rs = row_start.ravel()
+    q_out.flat[no_out] = rs[no_out // n] + np.where(sg.flat[no_out] > 0, -1, n)
+    xf, rf = cs.ravel(), r.ravel()
+    q_out.flat[irregular] = q_in.flat[irregular] - sg.flat[irregular]  # a settled bracket: no search
+    q_other = _search(flat, xf, rf, q_in.ravel(), q_out.ravel(), -sg.ravel())
+    m = np.abs(q_def.ravel() - q_other) - 1  # both sides and x_i itself
+    del q_in, q_out, q_other, q_def, sg
+    if irregular.size:
+        m[irregular] = _positive_counts_general(flat, pos, row_start, xf, rf, general, lay)
+    if not lay.col_valid.all():  # one-member classes: terms dropped (the class is special)
+        m.reshape(B, n)[:, ~lay.col_valid] = 1
+    w = lay.psi[m].reshape(B, n)
+    SP = np.zeros((B, lay.C))
+    present = lay.counts > 0
+    SP[:, present] = np.add.reduceat(w, lay.seg_lo[present], axis=1)
+    return SP
+
+
+def _positive_counts_general(flat, pos, row_start, xf, rf, general, lay: _Layout) -> np.ndarray:
+    """``m`` for the class-sorted entries ``ix`` (flat) by a search on both sides.
+
+    On each side the members within ``r`` come first; the boundary lies between
+    the last of them and the next member (or the row's padding when there is
+    none, or when all ``K`` listed members are within ``r``).
+    """
+    ix, L_ix, R_ix = general
+    K, n = lay.K, lay.n
+    jj = ix % n
+    first = ix - jj  # the row's first class-sorted entry
+    rs = row_start.ravel()[ix // n]
+    x, r = xf[ix], rf[ix]
+    q = []
+    for dist, step in ((R_ix, 1), (L_ix, -1)):
+        a = (dist <= r).sum(axis=0)
+        inner = pos[ix + step * a]
+        nxt = jj + step * (a + 1)
+        exists = (a < K) & ((nxt < lay.col_hi[jj]) if step > 0 else (nxt >= lay.col_lo[jj]))
+        outer = np.where(exists, pos[first + np.clip(nxt, 0, n - 1)], rs + n if step > 0 else rs - 1)
+        q.append(_search(flat, x, r, inner, outer, np.full(ix.size, step)))
+    return q[0] - q[1] - 1
+
+
+def _nearest_neighbours(flat, cls_flat, x, pos, width):
+    """The ``width`` nearest other samples of each sample, nearest first: (width, N) each.
+
+    A merge of the sorted neighbours on the two sides, walking outwards from
+    ``pos`` (flat indices into rows padded with ``-inf`` / ``+inf`` of class -1).
+    Returns distances and classes; equal distances may come in either order.
+    After ``j`` steps the two fronts are ``j + 2`` apart, so one index tracks both.
+    """
+    N = x.size
+    d_nb = np.empty((width, N))
+    c_nb = np.empty((width, N), dtype=cls_flat.dtype)
+    q_left = pos - 1
+    left, right = x - flat.take(q_left), flat.take(pos + 1) - x
+    for j in range(width):
+        take_right = left > right
+        np.minimum(left, right, out=d_nb[j])
+        cls_flat.take(q_left + take_right * (j + 2), out=c_nb[j])  # the sample just listed
+        if j + 1 < width:  # step past it on its side; only that side's distance changes
+            q_left -= ~take_right
+            v = flat.take(q_left + take_right * (j + 3))  # the next sample on that side
+            # x - v <= 0 <= left when the right side moved (and v - x <= 0 <= right the other way)
+            np.maximum(left, x - v, out=left)
+            np.maximum(right, v - x, out=right)
+    return d_nb, c_nb
+
+
+def _negative_sums(s, flat, cls_flat, row_start, ys, lay: _Layout) -> np.ndarray:
+    """``SQ[b, c] = sum over non-members i of c of psi(m_i)`` for the label ``y != c`` (B, C).
+
+    Without ties among its ``2K + 1`` nearest neighbours (and none at distance
+    0), a sample outside ``c`` has ``m = K`` unless a member of ``c`` is among
+    its ``K`` nearest; then the radius is the distance of the ``K``-th
+    non-member in its nearest-first list, at index ``p``, and ``m = 1 + p``. So
+    ``SQ = (n - n_c) psi(K) + sum of psi(1 + p) - psi(K)`` over those pairs,
+    counted in a (row, class, p) histogram. Samples with ties count the entries
+    below the radius exactly (``_tied_corrections``); pairs whose list holds
+    too many members of ``c`` scan further (``_far_corrections``).
+    """
+    B, n = s.shape
+    K, C, psi = lay.K, lay.C, lay.psi
+    W = 2 * K + 1  # neighbours listed: room for K + 1 skipped members
+    ysf = ys.ravel()
+    d_nb, c_nb = _nearest_neighbours(flat, cls_flat, s.ravel(), (row_start + np.arange(n)).ravel(), W)
+    tied = d_nb[0] == 0
+    for j in range(1, W):
+        tied |= d_nb[j] == d_nb[j - 1]
+    untied = ~tied
+    check_regular = not lay.regular.all()
+    regular_ext = np.append(lay.regular, False)
+    key_base = np.repeat(np.arange(B) * (C * (W + 1)), n)
+    hist = np.zeros(B * C * (W + 1), dtype=np.int64)  # corrections by (row, class, p); p = W: none
+    far = []
+    for t in range(K):  # the class of the t-th nearest neighbour, once per sample
+        c_t = c_nb[t]
+        hit = (c_t != ysf) & untied
+        for u in range(t):
+            hit &= c_nb[u] != c_t
+        if check_regular:
+            hit &= regular_ext[c_t]
+        # p = index of the K-th list entry outside class c_t: #{j : fewer than K non-members up to j}
+        seen = (c_nb[0] != c_t).view(np.int8)
+        p = (seen < K).view(np.int8)
+        for j in range(1, W):
+            seen = seen + (c_nb[j] != c_t).view(np.int8)
+            p = p + (seen < K).view(np.int8)
+        found = seen >= K
+        if not found.all():
+            far_t = np.flatnonzero(hit & ~found)
+            far.append((far_t, c_t[far_t], np.full(far_t.size, psi[K])))
+        hit &= found
+        p += (W - p) * ~hit
+        hist += np.bincount(key_base + c_t * np.int64(W + 1) + p, minlength=hist.size)
+    gain = np.append(psi[1:W + 1] - psi[K], 0.0)  # psi(1 + p) - psi(K), by p
+    delta = hist.reshape(B * C, W + 1) @ gain
+    adj_total = np.zeros(B)
+    adj_own = np.zeros(B * C)
+    if tied.any():
+        far += _tied_corrections(s, d_nb, c_nb, ysf, np.flatnonzero(tied), lay, regular_ext, check_regular,
+                                 delta, adj_total, adj_own)
+    if any(f[0].size for f in far):
+        ix, cc, base = (np.concatenate(parts) for parts in zip(*far))
+        _far_corrections(s, ys, ix, cc, base, lay, delta)
+    return (((n - lay.counts) * psi[K])[None, :] + adj_total[:, None] - adj_own.reshape(B, C)
+            + delta.reshape(B, C))
+
+
+def _tied_corrections(s, d_nb, c_nb, ysf, ix, lay: _Layout, regular_ext, check_regular,
+                      delta, adj_total, adj_own):
+    """The samples ``ix`` with ties (or zeros) among their listed distances, counted exactly.
+
+    ``m = 1 + #{list entries nearer than the radius}``, the radius set by list
+    entry ``p`` (the all-sample radius: ``p = K - 1``); a radius of 0 counts
+    the run of equal values. Adds their terms to ``delta``, ``adj_total`` and
+    ``adj_own`` in place and returns the pairs that need a further scan.
+    """
+    B, n = s.shape
+    K, C, psi = lay.K, lay.C, lay.psi
+    W = d_nb.shape[0]
+    d, cl, y = d_nb[:, ix], c_nb[:, ix], ysf[ix]
+    M = ix.size
+    # tie_start[j]: index of the first entry equal to entry j, so #{entries < d_j} = tie_start[j]
+    tie_start = np.empty((W, M), dtype=np.int64)
+    tie_start[0] = 0
+    for j in range(1, W):
+        tie_start[j] = np.where(d[j] == d[j - 1], tie_start[j - 1], j)
+    n_zero = (d == 0).sum(axis=0)
+    eqrun = _equal_runs_at(s, ix // n, ix % n) if n_zero.any() else None
+    cols = np.arange(M)
+
+    def count(p, sel):
+        m = 1 + tie_start[p, sel]
+        return m if eqrun is None else np.where(p < n_zero[sel], eqrun[sel], m)
+
+    w_base = psi[count(np.full(M, K - 1), cols)]  # the all-sample radius
+    row = ix // n
+    adj_total += np.bincount(row, weights=w_base - psi[K], minlength=B)
+    adj_own += np.bincount(row * C + y, weights=w_base - psi[K], minlength=B * C)
+    far = []
+    for t in range(K):
+        c_t = cl[t]
+        hit = c_t != y
+        for u in range(t):
+            hit &= cl[u] != c_t
+        if check_regular:
+            hit &= regular_ext[c_t]
+        seen = np.zeros(M, dtype=np.int64)
+        p = np.zeros(M, dtype=np.int64)
+        for j in range(W):
+            seen += cl[j] != c_t
+            p += seen < K
+        found = seen >= K
+        ok = np.flatnonzero(hit & found)
+        delta += np.bincount(row[ok] * C + c_t[ok], weights=psi[count(p[ok], ok)] - w_base[ok],
+                             minlength=B * C)
+        f = np.flatnonzero(hit & ~found)
+        far.append((ix[f], c_t[f], w_base[f]))
+    return far
+
+
+def _far_corrections(s, ys, ix, cc, base, lay: _Layout, delta):
+    """``delta[b, c] += psi(m) - base`` for (sample ``ix``, class ``cc``) pairs, scanning beyond the list."""
+    B, n = s.shape
+    hb, hp = ix // n, ix % n
+    for start in range(0, ix.size, _PAIR_CHUNK):
+        sl = slice(start, start + _PAIR_CHUNK)
+        m = _negative_radius_excluding(s, ys, hb[sl], hp[sl], cc[sl], lay.K)
+        delta += np.bincount(hb[sl] * lay.C + cc[sl], weights=lay.psi[m] - base[sl], minlength=B * lay.C)
+
+
+def _equal_runs_at(s, b, p):
+    """How many entries of row ``b`` of the row-sorted ``s`` equal ``s[b, p]``, per pair."""
+    rows, inv = np.unique(b, return_inverse=True)
+    return _equal_run_length(s[rows])[inv, p]
+
+
+def _negative_radius_excluding(s, ys, b, p, c, K):
     """For pairs (row b, sorted position p, class c): count ``m`` of the "y != c" problem.
 
     The k-th distance among samples outside class ``c`` is found by scanning the
@@ -321,10 +723,8 @@ def _negative_radius_excluding(s, ys, eqrun, b, p, c, K):
         bb, pp, cc = b[todo], p[todo], c[todo]
         offs = np.arange(1, width + 1)
         xi = s[bb, pp][:, None]
-        sides = []
         settled = np.ones(todo.size, dtype=bool)
-        total = np.ones(todo.size, dtype=np.int64)  # the sample itself
-        dist_sides = []
+        kept_sides, dist_sides = [], []
         for sign in (-1, 1):
             q = pp[:, None] + sign * offs
             ok = (q >= 0) & (q < n)
@@ -332,252 +732,48 @@ def _negative_radius_excluding(s, ys, eqrun, b, p, c, K):
             d = (xi - s[bb[:, None], qc]) if sign < 0 else (s[bb[:, None], qc] - xi)
             d[~ok] = np.inf
             keep = ok & (ys[bb[:, None], qc] != cc[:, None])
-            cum = np.cumsum(keep, axis=1)
-            found = cum[:, -1]
-            kth = np.full((todo.size, K), np.inf)
-            for t in range(1, K + 1):
-                at = np.argmax(cum >= t, axis=1)
-                has = found >= t
-                kth[has, t - 1] = d[has, at[has]]
-            exhausted = (pp + sign * width < 0) | (pp + sign * width >= n)
-            settled &= (found >= K) | exhausted
-            sides.append(kth)
+            kept = np.where(keep, d, np.inf)
+            kept.sort(axis=1)  # the non-members' distances first, ascending
+            if width < K:
+                kept = np.pad(kept, ((0, 0), (0, K - width)), constant_values=np.inf)
+            kept_sides.append(kept[:, :K].T)
             dist_sides.append(d)
-        D = _kth_of_two_sorted(sides[0].T, sides[1].T, K)
-        r = np.nextafter(D, 0)
-        for d in dist_sides:
-            total += (d <= r[:, None]).sum(axis=1)
-        total = np.where(D > 0, total, eqrun[bb, pp])  # r == 0: the duplicates of x_i, any distance
+            exhausted = (pp + sign * width < 0) | (pp + sign * width >= n)
+            settled &= (keep.sum(axis=1) >= K) | exhausted
+        D = _kth_of_two_sorted(kept_sides[0], kept_sides[1], K)
+        r = _prev_float(D)
+        total = 1 + sum((d <= r[:, None]).sum(axis=1) for d in dist_sides)  # x_i itself and the window
+        zero = np.flatnonzero(settled & (D == 0))
+        if zero.size:  # r == 0: the duplicates of x_i, at any distance
+            total[zero] = _equal_runs_at(s, bb[zero], pp[zero])
         m_out[todo[settled]] = total[settled]
         todo = todo[~settled]
         width *= 2
     return m_out
 
 
-def _boundary(flat, x, r, inside, outside, step):
-    """First position from ``inside`` in direction ``step`` (+1 or -1) whose distance to ``x`` exceeds ``r``.
-
-    A search along a sorted row of ``flat``: ``inside`` is within ``r`` of
-    ``x`` and ``outside`` beyond it (a sample or the +-inf padding). The
-    distance is the KD-tree's ``|fl(x_i - x_j)|``, exactly. Probes: next to
-    ``outside`` (when ``outside`` is the neighbour that sets the radius, as on
-    one side of most samples, that settles it), then where linear
-    interpolation of the values puts the boundary, then next to that probe,
-    then bisection.
-    """
-    def dist(q, xq):
-        return flat[q] - xq if step > 0 else xq - flat[q]
-
-    out = None
-    idx, a, b, xx, rr = None, inside, outside, x, r  # idx None: all queries still in the arrays
-    mid = b - step
-    probe = 0
-    while a.size:
-        beyond = dist(mid, xx) > rr
-        # b = beyond ? mid : b, a = beyond ? a : mid (arithmetic: np.where is slow on random masks)
-        shift = (mid - a) * beyond
-        b = a + shift + (b - a) * ~beyond
-        a = mid - shift
-        open_ = np.abs(b - a) > 1
-        n_open = np.count_nonzero(open_)
-        if n_open < open_.size // 2 or n_open == 0:  # compact now and then (closed searches stay put)
-            if idx is None:
-                out, idx = b, np.arange(b.size)
-            else:
-                out[idx] = b
-            keep = np.flatnonzero(open_)
-            idx, a, b, xx, rr, beyond = (v.take(keep) for v in (idx, a, b, xx, rr, beyond))
-        probe += 1
-        if probe == 1:  # interpolate: the distance grows from <= r at a to > r at b
-            da, db = dist(a, xx), dist(b, xx)
-            length = np.abs(b - a)
-            frac = (rr - da) / (db - da)  # 0 where b is the padding (inf)
-            mid = a + step * np.clip((frac * length).astype(np.int64), 1, length - 1)
-        elif probe == 2:  # next to the last probe, on the side the boundary lies
-            mid = a + step + (b - a - 2 * step) * beyond
-        else:
-            mid = (a + b) >> 1
-    if idx is None:
-        return b
-    out[idx] = b
-    return out
-
-
-def _nearest_neighbours(flat, cls_flat, x, pos, width):
-    """The ``width`` nearest other samples of each sample, nearest first: (width, N) each.
-
-    A merge of the sorted neighbours on the two sides, walking outwards from
-    ``pos`` (flat indices into rows padded with ``-inf`` / ``+inf`` of class -1).
-    Returns distances and classes; equal distances may come in either order
-    (only the multiset of distances below a radius matters downstream).
-    """
-    N = x.size
-    d_nb = np.empty((width, N))
-    c_nb = np.empty((width, N), dtype=cls_flat.dtype)
-    q_left, q_right = pos - 1, pos + 1
-    left, right = x - flat[q_left], flat[q_right] - x
-    for j in range(width):
-        take_right = left > right
-        np.minimum(left, right, out=d_nb[j])
-        q = q_left + (q_right - q_left) * take_right  # the sample just listed (arithmetic, not np.where)
-        c_nb[j] = cls_flat[q]
-        if j + 1 < width:  # step past it on its side; only that side's distance changes
-            q_left = q_left - ~take_right
-            q_right = q_right + take_right
-            v = flat[q + 2 * take_right - 1]
-            # x - v <= 0 <= left when the right side moved (and v - x <= 0 <= right the other way)
-            left = np.maximum(left, x - v)
-            right = np.maximum(right, v - x)
-    return d_nb, c_nb
-
-
-def _positive_sums(s, flat, row_start, ys, C, counts, seg_lo, lab_sorted, K, psi):
-    """``SP[b, c] = sum over members i of c of psi(m_i)`` for the label ``y == c`` (B, C).
-
-    The k-th neighbour inside the class comes from the class-major value-minor
-    order (a stable sort of the labels of the value-sorted samples, all classes
-    at once). ``m_i`` counts all samples within the radius: on each side the
-    boundary lies between the last member inside the radius and the first one
-    beyond it (or the row's end), found by a short search in that gap.
-    """
-    B, n = s.shape
-    perm = np.argsort(ys, axis=1, kind="stable")  # small-integer keys: numpy's radix sort
-    cs = np.take_along_axis(s, perm, axis=1)
-    r, left, right = _segment_radius(cs, lab_sorted, seg_lo, counts, K)
-    valid = counts[lab_sorted] >= 2
-    r = np.where(valid, r, 0.0)  # NaN for one-member classes: their terms are dropped
-    lo = seg_lo[lab_sorted]
-    hi = lo + counts[lab_sorted]
-    j = np.arange(n)
-    rows = np.arange(B)[:, None] * n
-
-    perm_flat = perm.ravel()
-    all_valid = bool(valid.all())
-
-    def bracket(side, step, end, row_edge):
-        # the a members of this side within r come first; the member after them is beyond r
-        a = sum(d <= r for d in side)
-        at = rows + j + step * a
-        inner = perm_flat[at]
-        nxt = j + step * (a + 1)
-        exists = (a < K) & ((nxt < end) if step > 0 else (nxt >= end))
-        # no member beyond r on this side: search up to the row's end (arithmetic blend, not np.where)
-        outer = row_edge + (perm_flat[np.clip(at + step, 0, perm_flat.size - 1)] - row_edge) * exists
-        if not all_valid:  # one-member classes: nothing to search, their terms are dropped
-            outer = np.where(valid, outer, inner + step)
-        return inner, outer
-
-    inner_r, outer_r = bracket(right, 1, hi, n)
-    inner_l, outer_l = bracket(left, -1, lo, -1)
-    x, r = cs.ravel(), r.ravel()
-    q_right = _boundary(flat, x, r, (inner_r + row_start).ravel(), (outer_r + row_start).ravel(), 1)
-    q_left = _boundary(flat, x, r, (inner_l + row_start).ravel(), (outer_l + row_start).ravel(), -1)
-    m = (q_right - q_left - 1).reshape(B, n)  # (q_right - p - 1) + (p - q_left - 1) + 1
-    w = np.where(valid, psi[m], 0.0)
-    SP = np.zeros((B, C))
-    present = counts > 0
-    SP[:, present] = np.add.reduceat(w, seg_lo[present], axis=1)
-    return SP
-
-
-def _negative_sums(s, flat, cls_flat, row_start, ys, C, regular, K, psi):
-    """``SQ[b, c] = sum over non-members i of c of psi(m_i)`` for the label ``y != c``, regular ``c``.
-
-    Every sample keeps its all-sample radius (k-th nearest of all) unless a
-    member of ``c`` is among its k nearest neighbours; then the radius is the
-    distance of the k-th non-member in its nearest-first neighbour list, at
-    index ``p_c``, and ``m = 1 + #{list entries nearer than it}``
-    (``= 1 + p_c`` without ties). So ``SQ = total - own class + corrections``.
-    """
-    B, n = s.shape
-    N = B * n
-    W = 2 * K + 1  # neighbours listed: room for K + 1 skipped members
-    x = s.ravel()
-    ysf = ys.ravel()
-    d_nb, c_nb = _nearest_neighbours(flat, cls_flat, x, (row_start + np.arange(n)).ravel(), W)
-    eqrun = None
-    zeros = d_nb[0] == 0
-    if zeros.any():  # a radius of 0 counts the run of equal values
-        eqrun = _equal_run_length(s).ravel()
-        n_zero = (d_nb == 0).sum(axis=0)
-    # tie_start[j]: index of the first list entry equal to entry j, so #{entries < d_j} = tie_start[j]
-    ties = d_nb[1:] == d_nb[:-1]
-    tie_start = None
-    if ties.any():
-        tie_start = np.empty((W, N), dtype=np.int8)
-        tie_start[0] = 0
-        for j in range(1, W):
-            tie_start[j] = np.where(ties[j - 1], tie_start[j - 1], j)
-        tie_start = tie_start.ravel()
-    flat_ix = np.arange(N)
-
-    def count(p, ix):
-        """``m`` (self included) for the radius set by list entry ``p`` of the samples ``ix``."""
-        m = 1 + (p if tie_start is None else tie_start[p.astype(np.intp) * N + ix]).astype(np.int64)
-        return m if eqrun is None else np.where(p < n_zero[ix], eqrun[ix], m)
-
-    w_all = psi[count(np.full(N, K - 1, dtype=np.int8), flat_ix)]
-    row = np.repeat(np.arange(B), n)
-    T = w_all.reshape(B, n).sum(axis=1)
-    U = np.bincount(row * C + ysf, weights=w_all, minlength=B * C).reshape(B, C)
-    regular_ext = np.append(regular, False)  # class -1 (padding) is not regular
-    keys, vals, fb_b, fb_p, fb_c = [], [], [], [], []
-    for t in range(K):  # the class of the t-th nearest neighbour, once per sample
-        c_t = c_nb[t]
-        hit = (c_t != ysf) & (c_t >= 0)
-        if not regular.all():
-            hit &= regular_ext[c_t]
-        for u in range(t):
-            hit &= c_nb[u] != c_t
-        # p = index of the K-th list entry outside class c_t: #{j : fewer than K non-members up to j}
-        seen = np.zeros(N, dtype=np.int8)
-        p = np.zeros(N, dtype=np.int8)
-        for j in range(W):
-            seen += c_nb[j] != c_t
-            p += seen < K
-        found = seen >= K
-        ok = np.flatnonzero(hit & found)
-        keys.append(row[ok] * C + c_t[ok])
-        vals.append(psi[count(p[ok], ok)] - w_all[ok])
-        far = np.flatnonzero(hit & ~found)  # members crowd the list: scan further for these
-        fb_b.append(far // n)
-        fb_p.append(far % n)
-        fb_c.append(c_t[far])
-    delta = np.bincount(np.concatenate(keys), weights=np.concatenate(vals), minlength=B * C)
-    hb, hp, hc = (np.concatenate(a) for a in (fb_b, fb_p, fb_c))
-    if hb.size:
-        if eqrun is None:
-            eqrun = _equal_run_length(s).ravel()
-        eq2 = eqrun.reshape(B, n)
-        for start in range(0, hb.size, _PAIR_CHUNK):
-            sl = slice(start, start + _PAIR_CHUNK)
-            m_neg = _negative_radius_excluding(s, ys, eq2, hb[sl], hp[sl], hc[sl], K)
-            delta += np.bincount(hb[sl] * C + hc[sl], weights=psi[m_neg] - w_all[hb[sl] * n + hp[sl]],
-                                 minlength=B * C)
-    return T[:, None] - U + delta.reshape(B, C)
-
-
-def _block_mi(Xb, y, C, counts, seg_lo, lab_sorted, regular, special, K, psi):
+def _block_mi(Xb: np.ndarray, y: np.ndarray, lay: _Layout) -> np.ndarray:
     """MI (B, C) for the filters in rows of ``Xb`` (B, n)."""
     B, n = Xb.shape
+    K, C, psi = lay.K, lay.C, lay.psi
     pad = 2 * K + 2  # the neighbour walk never leaves a row's padding
-    order = np.argsort(Xb, axis=1)  # the order among equal values does not matter
     # Value-sorted rows padded with -inf / +inf (class -1): distances past a row's ends are inf.
     sp = np.empty((B, n + 2 * pad))
     sp[:, :pad], sp[:, pad + n:] = -np.inf, np.inf
     s = sp[:, pad:pad + n]
-    s[...] = np.take_along_axis(Xb, order, axis=1)
+    order = _sort_rows(Xb, s)
     ysp = np.full((B, n + 2 * pad), -1, dtype=y.dtype)
     ys = ysp[:, pad:pad + n]
     ys[...] = y[order]
+    del order
     row_start = (np.arange(B) * (n + 2 * pad) + pad)[:, None]  # flat index of each row's first sample
     flat, cls_flat = sp.ravel(), ysp.ravel()
 
-    SP = _positive_sums(s, flat, row_start, ys, C, counts, seg_lo, lab_sorted, K, psi)
-    SQ = (_negative_sums(s, flat, cls_flat, row_start, ys, C, regular, K, psi) if regular.any()
+    SP = _positive_sums(s, flat, row_start, ys, lay)
+    SQ = (_negative_sums(s, flat, cls_flat, row_start, ys, lay) if lay.regular.any()
           else np.zeros((B, C)))
 
-    nP = counts.astype(np.int64)
+    nP = lay.counts.astype(np.int64)
     nQ = n - nP
     keepP, keepQ = nP >= 2, nQ >= 2
     n_s = np.where(keepP, nP, 0) + np.where(keepQ, nQ, 0)
@@ -587,7 +783,7 @@ def _block_mi(Xb, y, C, counts, seg_lo, lab_sorted, regular, special, K, psi):
     rest = (np.where(keepP, nP * (digamma(kP) - psi[np.maximum(nP, 1)]), 0.0)
             + np.where(keepQ, nQ * (digamma(kQ) - psi[np.maximum(nQ, 1)]), 0.0))
     mi = psi[n_s] + (rest - np.where(keepP, SP, 0.0) - np.where(keepQ, SQ, 0.0)) / np.maximum(n_s, 1)
-    for c in np.flatnonzero(special):  # rare: a class of one member, or one that is nearly everything
+    for c in np.flatnonzero(lay.special):  # rare: a class of one member, or one that is nearly everything
         mi[:, c] = _binary_mi(Xb, y == c, K, psi)
     return np.maximum(mi, 0.0)
 
@@ -604,14 +800,8 @@ def _resolve_jobs(n_jobs) -> int:
 def _mi_from_prepared(X, y, num_classes, n_neighbors=3, chunk_size=None, n_jobs=1) -> np.ndarray:
     """MI matrix (K, C) from the already scaled and noised ``X`` (n, K) float64."""
     n, F = X.shape
-    K = n_neighbors
     C = num_classes
-    counts = np.bincount(y, minlength=C)
-    special = (counts == 1) | (n - counts <= 2 * K + 1)
-    regular = ~special
-    seg_lo = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    lab_sorted = np.repeat(np.arange(C), counts)
-    psi = digamma(np.arange(n + 1, dtype=np.float64))
+    lay = _layout(y, C, n_neighbors)
     # Small class codes: the stable label sort becomes a radix sort, the gathers lighter.
     y = y.astype(np.int8 if C <= 127 else np.int16 if C <= 32767 else np.int64)
     block = chunk_size or max(1, _BLOCK_ELEMENTS // n)
@@ -624,8 +814,7 @@ def _mi_from_prepared(X, y, num_classes, n_neighbors=3, chunk_size=None, n_jobs=
 
     def run(span):  # blocks of filters bound the memory; numpy releases the GIL in the kernels
         f0, f1 = span
-        Xb = np.ascontiguousarray(X[:, f0:f1].T)
-        out[f0:f1] = _block_mi(Xb, y, C, counts, seg_lo, lab_sorted, regular, special, K, psi)
+        out[f0:f1] = _block_mi(np.ascontiguousarray(X[:, f0:f1].T), y, lay)
 
     if n_jobs > 1 and len(spans) > 1:
         with ThreadPoolExecutor(min(n_jobs, len(spans))) as pool:
