@@ -24,6 +24,7 @@ from . import html as H
 from . import sections as S
 from .atlas_page import atlas_links, atlas_section
 from .graph_section import graph_compare_section
+from .markdown import comparison_markdown
 from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, RunResults, compare
 from .run_report import matrix_figures
 
@@ -322,6 +323,7 @@ def compare_runs(paths: Sequence[str | Path], out: str | Path, *, reps: int = 20
     result["figures"] = fig_entries
     result["reference"] = PAPER_TABLE1_CIFAR10
     atomic_write_json(out / "comparison.json", result)
+    atomic_write_text(out / "comparison.md", comparison_markdown(result))
     index = out / "index.html"
     subtitle = H.esc(f"{len(runs)} runs, {len(rows)} methods: " + ", ".join(r.label for r in runs))
     atomic_write_text(index, H.page("csg comparison", "".join(body), subtitle=subtitle))
