@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install csg and what it needs on a fresh Debian/Ubuntu machine (root or sudo).
 #   bash scripts/install.sh          # the package + the Fashion-MNIST data
-#   bash scripts/install.sh --test   # also the test tools (pytest, hypothesis, ART, Selenium, Chromium + its driver)
+#   bash scripts/install.sh --test   # also the test tools (pytest, hypothesis, ART, Selenium, Chromium + its driver,
+#                                    # Lightning, TensorBoard, Captum, nbclient/nbformat/ipykernel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_tests=0

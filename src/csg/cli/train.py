@@ -82,6 +82,9 @@ def add_parser(sub) -> None:
                    help="skip `csg evaluate` after training")
     g.add_argument("--eval-every", type=int, help="test accuracy every N epochs, 0 = never")
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N batches")
+    g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True,
+                   help="write per-epoch scalars, the gate and the MI matrix to RUN/tensorboard/ "
+                        '(needs pip install "csg[tensorboard]")')
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
     g.add_argument("--channels-last", type=_bool, metavar="BOOL", help="channels-last memory format")
     g.add_argument("--amp", dest="amp", action="store_const", const=True,

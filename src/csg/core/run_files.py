@@ -15,6 +15,7 @@ Layout::
     RUN/graph.json / .npz        csg graph
     RUN/atlas/index.html         csg atlas
     RUN/figures/*.png            every figure, readable on its own
+    RUN/tensorboard/             TensorBoard event files (csg train --tensorboard)
     RUN/report/index.html        csg report
     RUN/.lock                    held by the process writing the run
 """
@@ -34,6 +35,7 @@ ADVERSARIAL_ARRAYS = "adversarial.npz"
 GRAPH = "graph.json"
 GRAPH_ARRAYS = "graph.npz"
 ATLAS_DIR = "atlas"
+TENSORBOARD_DIR = "tensorboard"
 FIGURES = "figures"
 REPORT_DIR = "report"
 LOCK = ".lock"

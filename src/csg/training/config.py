@@ -94,6 +94,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     evaluate: bool = True
     eval_every: int = 1
+    tensorboard: bool = False   # per-epoch scalars and heatmaps into RUN/tensorboard/ (csg[tensorboard])
     out: str | None = None
 
     def __post_init__(self) -> None:

@@ -35,15 +35,17 @@ from ..core.io import append_jsonl, atomic_save_npy, atomic_write_bytes, atomic_
 from ..core.lock import RunLock
 from ..backbones import build_model
 from ..core.model import GatedClassifier
-from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG
+from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG, TENSORBOARD_DIR
 from ..data import Augment, dataset_options, load_dataset
 from ..methods import build_method
 from ..methods.schedule import STD
+from ..metrics import mutual_information_matrix
 from .checkpoint import restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, capture_features_sharded, init_distributed
 from .optim import build_optimizers, set_epoch_lrs
 from .speed import SpeedPolicy
+from .tensorboard import TensorBoardLog, summary_writer_class
 
 # Config keys that may change on --resume without changing the result's meaning.
 _RESUMABLE_CHANGES = {"device", "threads", "out", "evaluate", "eval_every", "checkpoint_every", "epochs",
@@ -148,6 +150,9 @@ class Trainer:
         self.speed = SpeedPolicy.choose(self.device, amp=cfg.amp, channels_last=cfg.channels_last,
                                         compile=cfg.compile, threads=cfg.threads)
         self.speed.apply_threads()
+        self.tensorboard: TensorBoardLog | None = None
+        if cfg.tensorboard and self.dist.is_main:
+            summary_writer_class()  # a missing tensorboard package fails now, before the data is loaded
         self.lock = RunLock(self.out, what="training") if self.dist.is_main else None
         if self.lock is not None:
             self.lock.__enter__()
@@ -195,6 +200,9 @@ class Trainer:
         self.partial: dict[str, float] = {}
 
     def release(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.lock is not None:
             self.lock.__exit__(None, None, None)
             self.lock = None
@@ -298,11 +306,18 @@ class Trainer:
             self._write(CONFIG, lambda: atomic_write_json(self.out / CONFIG, self._config_record()))
             if not self.resume and (self.out / LOG).exists():
                 (self.out / LOG).unlink()
+            if cfg.tensorboard:
+                # on --resume, events at or after the first epoch trained again are dropped (purge_step)
+                self.tensorboard = TensorBoardLog(self.out / TENSORBOARD_DIR,
+                                                  purge_step=self.start_epoch + 1 if self.resume else None)
         for epoch in range(self.start_epoch, cfg.epochs):
+            self._last_mi = None
             record = self._train_epoch(epoch)
             if self.dist.is_main:
                 self._save(epoch + 1, 0, {})
                 self._write(LOG, lambda: append_jsonl(self.out / LOG, record))
+                if self.tensorboard is not None:
+                    self.tensorboard.epoch(record, self.method.gate_matrix(self.model), self._last_mi)
             self.start_batch, self.partial = 0, {}
         if self.dist.is_main:
             gate = self.method.gate_matrix(self.model)
@@ -457,6 +472,10 @@ class Trainer:
         captured = capture_features_sharded(self.dist, self.model, self.test_set,
                                             batch_size=self.cfg.eval_batch_size, device=self.device)
         out = {"test_accuracy": float((captured["predictions"] == captured["labels"]).mean())}
+        if self.tensorboard is not None:
+            # the epoch's K x C MI matrix for the heatmap, from the features this evaluation captured anyway
+            self._last_mi = mutual_information_matrix(captured["pooled"], captured["labels"],
+                                                      num_classes=self.train_set.num_classes)
         if "csg_predictions" in captured:
             out["test_csg_accuracy"] = float((captured["csg_predictions"] == captured["labels"]).mean())
         return out
