@@ -16,7 +16,10 @@ def add_parser(sub) -> None:
                    help="dataset with masks: fashion-mnist-clutter or voc-animals [the run's data]")
     p.add_argument("--data-dir", default=None, help="data folder [the run's]")
     p.add_argument("--split", default="test", choices=("train", "test"), help="split to score")
-    p.add_argument("--methods", default="gradmap,activmap,cam", help="comma-separated map methods")
+    p.add_argument("--methods", default="gradmap,activmap,cam", help="comma-separated map methods: gradmap, activmap, cam, or a Captum attribution "
+                        "captum:Saliency, captum:IntegratedGradients, captum:GuidedBackprop, "
+                        "captum:InputXGradient, captum:LayerGradCam (pip install \"csg[captum]\"; "
+                        "docs/integrations.md)")
     p.add_argument("--max-images", default="1000", metavar="N|all",
                    help="score a seeded random N images of the split (1000 keeps GradMap of a ResNet-20 within "
                         "minutes on a CPU; 'all' scores the whole split)")
@@ -57,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise CsgError("--methods is empty; give e.g. gradmap,activmap,cam")
-    from ..localization.maps import METHODS
+    from ..localization.maps import build_method, check_method_names
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise CsgError(f"unknown method(s) {', '.join(unknown)} in --methods; choose from {', '.join(METHODS)}")
+    check_method_names(methods)
+    for m in methods:
+        if m.startswith("captum:"):
+            build_method(m)  # a missing captum package is one line now, not after the data is loaded
     if args.batch_size < 1:
         raise CsgError(f"--batch-size must be positive, got {args.batch_size}")
     max_images = None if str(args.max_images).lower() == "all" else _positive_int(args.max_images, "--max-images")

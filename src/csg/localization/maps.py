@@ -233,12 +233,29 @@ class GradMap(MapMethod):
 METHODS = {"gradmap": GradMap, "activmap": ActivMap, "cam": CAM}
 
 
+def check_method_names(names: Sequence[str]) -> None:
+    """Every name is one of ``METHODS`` or ``captum:NAME`` (docs/integrations.md); else one line."""
+    from .attributions import captum_names, check_captum_name, is_captum_name
+
+    for name in names:
+        if is_captum_name(name):
+            check_captum_name(name)
+        elif name not in METHODS:
+            raise CsgError(f"unknown map method {name!r}; choose from {', '.join(list(METHODS) + captum_names())}")
+
+
 def build_method(name: str, **options) -> MapMethod:
-    """A map method by name with only the options it takes (``sigma``, ``threshold``, ``quantile``)."""
-    if name not in METHODS:
-        raise CsgError(f"unknown map method {name!r}; choose from {', '.join(METHODS)}")
-    cls = METHODS[name]
+    """A map method by name with only the options it takes (``sigma``, ``threshold``, ``quantile``);
+    ``captum:NAME`` is a Captum attribution (:mod:`csg.localization.attributions`)."""
+    check_method_names([name])
     import inspect
+
+    if name.startswith("captum:"):
+        from .attributions import CaptumMap
+
+        accepted = inspect.signature(CaptumMap.__init__).parameters
+        return CaptumMap(name, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    cls = METHODS[name]
 
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})

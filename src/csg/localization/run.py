@@ -9,7 +9,7 @@ import torch
 
 from ..core.errors import CsgError
 from ..core.run_files import LOCALIZATION, LOCALIZATION_ARRAYS
-from .maps import METHODS, MapMethod, build_method
+from .maps import MapMethod, build_method, check_method_names
 from .scoring import FilterScores, ImageScores, iou
 
 #: the schema of localization.json; localization.npz holds image_index, labels and <method>_ious per image
@@ -193,9 +193,7 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
     With ``figures_dir`` an overlay figure per method is drawn there.
     """
     check_model_data(model, dataset, in_channels)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise CsgError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    check_method_names(methods)
     model.eval()
     index = select_images(len(dataset.labels), max_images, seed)
     out: dict = {"schema": SCHEMA, "num_images": int(index.numel()), "data": dataset.name,
@@ -212,7 +210,7 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
             from .figures import overlay_grid
 
             rows = figure_rows(method, rule, model, dataset, index, result, device=device)
-            path = Path(figures_dir) / f"localization_{name}.png"
+            path = Path(figures_dir) / f"localization_{name.replace(':', '-')}.png"  # captum:X
             overlay_grid(rows, path, f"{name}: image, map, object mask, region "
                                      f"(total IoU {result['avg_iou']:.3f})")
             what = "its best filter per class" if method.per_filter else "per class"
