@@ -101,6 +101,9 @@ def test_callback_trains_the_gate_and_writes_a_run(tiny_idx_dir, tmp_path, sched
     assert metrics["num_filters"] == 8 and metrics["num_samples"] == 40
     assert {"accuracy", "csg_accuracy", "l1_density", "mis"} <= set(metrics)
     assert metrics["l1_density"] == pytest.approx(float(csg.gate.weight.detach().mean()), abs=1e-6)
+    if schedule == "joint":  # the rest of the pipeline reads it too
+        assert main(["analyze", str(out)]) == 0
+        assert main(["report", str(out)]) == 0 and (out / "report" / "index.html").is_file()
 
 
 class FirstStepGrads(pl.Callback):

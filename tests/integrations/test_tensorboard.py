@@ -51,3 +51,18 @@ def test_missing_tensorboard_is_one_line(tiny_idx_dir, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert 'pip install "csg[tensorboard]"' in err[0]
+
+
+def test_resume_keeps_one_value_per_epoch(tiny_idx_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    base = ["train", "--data", "fashion-mnist", "--data-dir", str(tiny_idx_dir), "--arch", "resnet20",
+            "--method", "std", "--batch-size", "64", "--subset", "64", "--test-subset", "20", "--no-evaluate",
+            "--no-progress", "--tensorboard", "--out", str(out)]
+    assert main([*base, "--epochs", "1"]) == 0
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/total")] == [1, 2]
+    assert acc.Scalars("loss/total")[1].value == pytest.approx(RunDir(out).log()[1]["loss"], rel=1e-6)

@@ -81,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
                           quantile=args.quantile, max_images=max_images, batch_size=args.batch_size,
                           allow_unconverged=args.allow_unconverged,
                           seed=args.seed, progress=args.progress)
-    print(f"{'method':<10} {'avg_iou':>8} {'ap20':>7} {'ap30':>7}   ({result['num_images']} images of {result['data']})")
+    w = max(10, *(len(m) for m in methods))  # captum:IntegratedGradients is longer than gradmap
+    print(f"{'method':<{w}} {'avg_iou':>8} {'ap20':>7} {'ap30':>7}   ({result['num_images']} images of {result['data']})")
     for m in methods:
         r = result[m]
-        print(f"{m:<10} {r['avg_iou']:>8.4f} {r['ap20']:>7.4f} {r['ap30']:>7.4f}")
+        print(f"{m:<{w}} {r['avg_iou']:>8.4f} {r['ap20']:>7.4f} {r['ap30']:>7.4f}")
     for note in result.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {run_dir.path / LOCALIZATION}")
