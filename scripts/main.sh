@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The main job: train STD, CSG, ICNN and PICNN on Fashion-MNIST with the same seed and epochs,
+# The main job: train STD, CSG, ICNN, PICNN and CSG+ on Fashion-MNIST with the same seed and epochs,
 # measure them, analyse them, write a report per run and one comparison page.
-# About 23 minutes on 2 idle CPU cores (measured, see README). Environment knobs: RUNS (output folder), EPOCHS, SUBSET,
+# Five trainings of 8-12 minutes each on one core (measured, see README). Environment knobs: RUNS (output folder), EPOCHS, SUBSET,
 # SEED, METHODS. The test split is scored every 4th epoch during training (for the curves) and fully at the end.
 set -euo pipefail
 RUNS=${RUNS:-runs/fashion-mnist}
 EPOCHS=${EPOCHS:-12}
 SUBSET=${SUBSET:-20000}
 SEED=${SEED:-0}
-METHODS=${METHODS:-"std csg icnn picnn"}
+METHODS=${METHODS:-"std csg icnn picnn csg-plus"}
 mkdir -p "$RUNS"
 for m in $METHODS; do
   run="$RUNS/$m-seed$SEED"

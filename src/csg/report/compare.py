@@ -25,7 +25,7 @@ from . import sections as S
 from .atlas_page import atlas_links, atlas_section
 from .graph_section import graph_compare_section
 from .markdown import comparison_markdown
-from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, RunResults, compare
+from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, RunResults, compare, metric_label
 from .run_report import matrix_figures
 
 
@@ -41,8 +41,6 @@ def _paper_rows() -> list[dict]:
 
 
 PAPER_TABLE1_CIFAR10 = _paper_rows()
-LOC_LABELS = {"gradmap": "GradMap", "activmap": "ActivMap", "cam": "CAM"}
-METRIC_LABELS = {"avg_iou": "Avg-IoU", "ap20": "AP20", "ap30": "AP30"}
 
 
 def _pm(agg: dict | None, digits: int = 4, scale: float = 1.0) -> str:
@@ -70,20 +68,6 @@ def difference_cell(d: dict | None, digits: int = 4, scale: float = 1.0) -> str:
     if d.get("excludes_zero"):
         return f'<strong title="the 95% interval excludes 0">{H.esc(text)} ✓</strong>'
     return H.esc(text)
-
-
-def metric_label(key: str) -> str:
-    if key in MAIN_METRICS:
-        return MAIN_METRICS[key][0]
-    if key.startswith("loc."):
-        _, m, which = key.split(".")
-        return f"{LOC_LABELS.get(m, m)} {METRIC_LABELS.get(which, which)}"
-    if key.startswith("detection."):
-        _, attack, size = key.split(".", 2)
-        return f"{attack} detector error @{size}/class"
-    if key.startswith("blackbox."):
-        return f"{key.split('.', 1)[1]} success"
-    return key
 
 
 def _copied_figures(r: RunResults, data: dict | None, figdir: Path) -> list[tuple[str, Path, str]]:

@@ -331,3 +331,23 @@ def _differences(groups, per_run, keys, *, reps: int, seed: int) -> list[dict]:
                      "per_seed": [d for _, d in pairs], **interval.to_dict()}
             out.append(entry)
     return out
+
+
+LOC_LABELS = {"gradmap": "GradMap", "activmap": "ActivMap", "cam": "CAM"}
+METRIC_LABELS = {"avg_iou": "Avg-IoU", "ap20": "AP20", "ap30": "AP30"}
+
+
+def metric_label(key: str) -> str:
+    if key in MAIN_METRICS:
+        return MAIN_METRICS[key][0]
+    if key.startswith("loc."):
+        _, m, which = key.split(".")
+        return f"{LOC_LABELS.get(m, m)} {METRIC_LABELS.get(which, which)}"
+    if key.startswith("detection."):
+        _, attack, size = key.split(".", 2)
+        return f"{attack} detector error @{size}/class"
+    if key.startswith("blackbox."):
+        return f"{key.split('.', 1)[1]} success"
+    if key.startswith("graph."):
+        return key.split(".", 1)[1]
+    return key

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS
+from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, metric_label
 
-LOC_LABELS = {"gradmap": "GradMap", "activmap": "ActivMap", "cam": "CAM"}
-METRIC_LABELS = {"avg_iou": "Avg-IoU", "ap20": "AP20", "ap30": "AP30"}
 
 
 def _pm(agg: dict | None, digits: int, scale: float = 1.0) -> str:
@@ -38,22 +36,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(key: str) -> str:
-    if key in MAIN_METRICS:
-        return MAIN_METRICS[key][0]
-    if key.startswith("loc."):
-        _, m, which = key.split(".")
-        return f"{LOC_LABELS.get(m, m)} {METRIC_LABELS.get(which, which)}"
-    if key.startswith("detection."):
-        _, attack, size = key.split(".", 2)
-        return f"{attack.upper()} error @{size}"
-    if key.startswith("blackbox."):
-        return f"{key.split('.', 1)[1]} success"
-    if key.startswith("graph."):
-        return key.split(".", 1)[1]
-    return key
-
-
 def comparison_markdown(result: dict, *, method_order: list[str] | None = None) -> str:
     rows = result["rows"]
     if method_order:
@@ -76,7 +58,7 @@ def comparison_markdown(result: dict, *, method_order: list[str] | None = None) 
                     cell += f"; Δ {_diff(d, digits, scale)}"
                 cells.append(cell)
             body.append(cells)
-        heads = ["method", "runs"] + [_label(m) + (" (%)" if sc == 100 else "") for m, _, sc in present]
+        heads = ["method", "runs"] + [metric_label(m) + (" (%)" if sc == 100 else "") for m, _, sc in present]
         return f"### {title}\n\n" + _table(heads, body) + "\n"
 
     parts = ["Mean ± sample std over seeds; Δ = difference from STD (paired by seed: mean and 95% t interval; "
