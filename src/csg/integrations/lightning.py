@@ -35,14 +35,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.errors import CsgError
-from ..core.gate import ClassSpecificGate, check_density, gate_penalty
+from ..core.gate import ClassSpecificGate, check_density
 from ..core.hooks import resolve_module
 from ..core.io import append_jsonl, atomic_save_npy, atomic_write_json
 from ..core.model import GatedClassifier
 from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG
+from ..methods.csg import csg_loss
 from ..methods.schedule import CSG, JOINT, STD, epoch_phase
 from ..training.checkpoint import save_checkpoint
 from ..training.config import TrainConfig
@@ -133,9 +133,11 @@ class CSGCallback(pl.Callback):
         head = resolve_module(pl_module, self.head_name)
         labels = self._labels.to(self._maps.device)
         csg_logits = head(self.gate(self._maps.mean(dim=(2, 3)), labels))
-        ce = F.cross_entropy(csg_logits, labels)
-        pen = gate_penalty(self.gate.weight, self.rho, self.penalty)
-        term = (self.lambda1 * ce + self.lambda2 * pen) / trainer.accumulate_grad_batches
+        # the CSG-phase terms of csg_loss; the user's own loss is the STD cross-entropy of a joint step
+        term, parts = csg_loss(None, csg_logits, labels, self.gate.weight, phase=CSG, rho=self.rho,
+                               lambda1=self.lambda1, lambda2=self.lambda2, penalty=self.penalty)
+        ce, pen = parts["ce_csg"], parts["penalty"]
+        term = term / trainer.accumulate_grad_batches
         params = [p for p in pl_module.parameters() if p.requires_grad]
         grads = torch.autograd.grad(term, params + [self.gate.weight], retain_graph=True, allow_unused=True)
         self._grads = (params, grads[:-1], grads[-1])
