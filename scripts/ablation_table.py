@@ -63,9 +63,14 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        sys.exit("usage: python3 scripts/ablation_table.py RUNS_DIR OUT_DIR")
     runs, out = Path(argv[0]), Path(argv[1])
+    found = collect(runs)
+    if REFERENCE not in found:
+        sys.exit(f"ablation_table: no {REFERENCE}-seedS/metrics.json in {runs}; run scripts/ablation.sh first")
     out.mkdir(parents=True, exist_ok=True)
-    result = table(collect(runs))
+    result = table(found)
     atomic_write_json(out / "ablation.json", result)
     atomic_write_text(out / "ablation.md", markdown(result))
     print(markdown(result))
