@@ -72,7 +72,10 @@ def main() -> None:
         x = (ds.images[:args.batch].float() / 255).to(dev)
         y = ds.labels[:args.batch].long().to(dev)
     else:
-        from csg.backbones import build_model
+        try:
+            from csg.backbones import build_model
+        except ImportError:  # code before the layering (csg.model), for the "before" figures
+            from csg.model import build_model
 
         model = build_model("resnet20", 10, 1).to(dev).eval()
         x = torch.rand(args.batch, 1, 28, 28, device=dev)
