@@ -152,6 +152,8 @@ def test_localize_takes_a_dataset_with_masks(tmp_path):
     result = csg.localize_run(run, methods=("activmap",), dataset=TensorDataset(images[:16], labels[:16], masks),
                               allow_unconverged=True)
     assert 0.0 <= result["activmap"]["avg_iou"] <= 1.0
+    records = csg.explain_run(run, TensorDataset(images[:2], labels[:2]), top=2, out_dir=tmp_path / "explain")
+    assert [r["image"] for r in records] == ["item 0", "item 1"] and (tmp_path / "explain" / "item-1.png").is_file()
     with pytest.raises(CsgError, match="item 0: the item is a tuple of 2, not \\(image, label, mask\\)"):
         csg.localize_run(run, methods=("activmap",), dataset=TensorDataset(images[:16], labels[:16]),
                          allow_unconverged=True)
