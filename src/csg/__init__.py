@@ -15,7 +15,7 @@ from .runs.rundir import RunDir
 _LAZY = {
     "TrainConfig": "csg.training.config", "resolve_config": "csg.training.config", "train": "csg.runs.train",
     "evaluate_run": "csg.runs.evaluate", "csg_loss": "csg.methods.csg", "picnn_loss": "csg.methods.picnn", "load_model_from_run": "csg.runs.rebuild",
-    "load_dataset": "csg.data", "dataset_options": "csg.data", "SpeedPolicy": "csg.training.speed",
+    "load_dataset": "csg.data", "dataset_options": "csg.data", "as_image_dataset": "csg.data", "SpeedPolicy": "csg.training.speed",
     "mutual_information_matrix": "csg.metrics", "mis": "csg.metrics", "mis_ceiling": "csg.metrics",
     "gap_closed": "csg.metrics", "l1_density": "csg.metrics", "gate_mi_agreement": "csg.metrics",
     "build_method": "csg.methods", "icnn_filter_loss": "csg.methods.icnn",

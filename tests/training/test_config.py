@@ -31,3 +31,21 @@ def test_unknown_toml_keys_and_types(tmp_path):
     toml.write_text("hflip = 1\n")
     with pytest.raises(CsgError, match="hflip = 1 is not true or false"):
         resolve_config({}, toml_path=str(toml))
+
+
+def test_model_keys_of_a_users_network(tmp_path):
+    toml = tmp_path / "m.toml"
+    toml.write_text('model = "pkg.nets:make"\nfeature_layer = "features.3"\n[model_kwargs]\nwidth = 8\n')
+    cfg = resolve_config({}, toml_path=str(toml))
+    assert cfg.model_builder == "pkg.nets:make" and cfg.model_kwargs == {"width": 8} and cfg.head is None
+    toml.write_text('model = "pkg.nets:make"\nfeature_layer = "x"\nmodel_kwargs = 3\n')
+    with pytest.raises(CsgError, match="model_kwargs = 3 is not a table of keyword arguments"):
+        resolve_config({}, toml_path=str(toml))
+    with pytest.raises(CsgError, match="model_kwargs = .* is not a table"):
+        resolve_config({"model_builder": "pkg.nets:make", "feature_layer": "x", "model_kwargs": [1]})
+    with pytest.raises(CsgError, match="needs --feature-layer"):
+        resolve_config({"model_builder": "pkg.nets:make"})
+    with pytest.raises(CsgError, match="--head names a part of your own network and needs --model"):
+        resolve_config({"head": "fc"})
+    # an --arch run's config.json records its feature layer: reading it back is no error
+    assert TrainConfig.from_dict({"arch": "resnet20", "feature_layer": "layer3"}).feature_layer == "layer3"

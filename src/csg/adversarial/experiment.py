@@ -189,7 +189,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                         attack_options: dict[str, dict] | None = None,
                         blackbox_options: dict[str, dict] | None = None, query_budget: int | None = None,
                         blocks: Sequence[str] | None = None, n_estimators: int = 100, jobs: int | None = None,
-                        progress: bool = True,
+                        progress: bool = True, dataset=None, train_dataset=None,
                         on_estimate: Callable[[dict], None] | None = None) -> AdversarialResult:
     """Run the whole adversarial experiment on a run directory and return its result (nothing is written).
 
@@ -197,7 +197,10 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     success-rate sample. Every option is checked before the model is loaded. ``on_estimate`` is
     called once, after the first batch of every white-box attack, with
     ``{"seconds", "white_box_seconds", "detector_seconds", "black_box_seconds"}``
-    (the black-box part is an upper bound: every image at its full budget).
+    (the black-box part is an upper bound: every image at its full budget). ``dataset`` /
+    ``train_dataset``: your own test / train images instead of the run's splits (a torch ``Dataset`` of
+    ``(image, label)``, a ``DataLoader`` or a csg dataset); without a train set the detector's training
+    pairs come from the test split.
     """
     attacks, blackbox, train_sizes = check_settings(
         attacks=attacks, train_sizes=train_sizes, test_size=test_size, repeats=repeats,
@@ -211,7 +214,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     dev = resolve_device(device)
     jobs = jobs or default_jobs()
     t_start = time.time()
-    test_ds = run.load_dataset("test")
+    test_ds = run.dataset(dataset, "test")
     test_images, test_labels = test_ds.images, test_ds.labels.long()
     hw = int(test_images.shape[-1] * test_images.shape[-2])
     # A query budget below one generation / round fails here, before the model is loaded.
@@ -227,7 +230,9 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     success_samples = int(success_samples) if success_samples is not None else int(test_size) * num_classes
     classes = list(getattr(test_ds, "classes", [])) or [str(i) for i in range(num_classes)]
     train_ds = None
-    if attacks:
+    if attacks and train_dataset is not None:
+        train_ds = run.dataset(train_dataset, "train")  # your own set: a bad item is an error, not a note
+    elif attacks:
         try:
             train_ds = run.load_dataset("train")
         except (CsgError, FileNotFoundError) as exc:

@@ -255,12 +255,15 @@ def atlas_from_parts(model, dataset, inputs: RunInputs, *, layers: Sequence[str]
     return Atlas(data=data, tiles=tiles)
 
 
-def build_atlas(run, *, device="cpu", model=None, **options) -> Atlas:
-    """The atlas of a run directory (``csg.RunDir``): its test split, as ``csg evaluate`` captured it."""
+def build_atlas(run, *, device="cpu", model=None, dataset=None, **options) -> Atlas:
+    """The atlas of a run directory (``csg.RunDir``): its test split, as ``csg evaluate`` captured it.
+
+    ``dataset``: the images ``csg.evaluate_run(run, dataset=...)`` captured, for a run trained on data
+    passed from Python (a torch ``Dataset`` of ``(image, label[, mask])``, a ``DataLoader`` or a csg dataset)."""
     inputs = read_run_inputs(run)
     cfg = inputs.config
     if model is None:
         model = run.load_model(device)
-    dataset = run.load_dataset("test", subset=cfg.get("test_subset"), seed=cfg.get("seed", 0))
+    dataset = run.dataset(dataset, "test", subset=cfg.get("test_subset"), seed=cfg.get("seed", 0))
     info = {"label": run.path.resolve().name, "path": str(run.path)}
     return atlas_from_parts(model, dataset, inputs, device=device, run_info=info, **options)

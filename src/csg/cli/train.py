@@ -24,12 +24,33 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def parse_model_kwargs(text: str | None) -> dict | None:
+    """``--model-kwargs`` JSON as a dict (one CsgError line when it is not a JSON object)."""
+    import json
+
+    from ..core.errors import CsgError
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CsgError(f"--model-kwargs {text!r} is not valid JSON ({exc.msg}); give an object such as "
+                       "'{\"width\": 8}'") from None
+    if not isinstance(value, dict):
+        raise CsgError(f"--model-kwargs {text!r} is not a JSON object of keyword arguments; give one such as "
+                       "'{\"width\": 8}'")
+    return value
+
+
 #: What a default of None means, for the options whose default depends on the run.
 NONE_MEANS = {"device": "auto", "threads": "all cores", "rho": "1/C", "gate_lr": None, "csg_lr": "--lr",
               "m1": "K // C", "m2": "K - C*m1", "icnn_layer": "the feature layer", "resize": "the images' common size",
               "subset": "all", "test_subset": "all", "data_dir": "$CSG_DATA_DIR, else the dataset's default",
               "small_input": "by image size", "amp": "on CUDA GPUs with bf16", "workers": "$CSG_DATA_WORKERS, "
-              "else cores - 1, at most 8", "freeze_below": "none", "csg_freeze_below": "none"}
+              "else cores - 1, at most 8", "freeze_below": "none", "csg_freeze_below": "none",
+              "model_builder": "--arch", "model_kwargs": "none", "feature_layer": "the --arch's own",
+              "head": "a new linear head"}
 
 
 def describe_default(name: str) -> str | None:
@@ -104,6 +125,15 @@ def add_parser(sub) -> None:
     d.add_argument("--subset", type=int, metavar="N", help="train on a stratified, seeded subset of N images")
     d.add_argument("--test-subset", type=int, metavar="N", help="evaluate on a stratified subset of N images")
     d.add_argument("--arch", help="backbone: resnet20, resnet18, vgg16_bn, ...")
+    d.add_argument("--model", dest="model_builder", metavar="PKG.MODULE:FACTORY",
+                   help="your own network instead of --arch: a class or function returning an nn.Module, imported "
+                        "from PYTHONPATH (every command rebuilds it so)")
+    d.add_argument("--model-kwargs", metavar="JSON",
+                   help="--model's keyword arguments as a JSON object, e.g. '{\"width\": 8}' "
+                        "(TOML: a model_kwargs table)")
+    d.add_argument("--feature-layer", metavar="NAME", help="--model: dotted name of the layer whose output is the "
+                                                           "feature maps (e.g. features.3)")
+    d.add_argument("--head", metavar="NAME", help="--model: dotted name of its final nn.Linear to reuse as the head")
     d.add_argument("--small-input", type=_bool, metavar="BOOL", help="3x3 stem for small images (ImageNet ResNets)")
     d.add_argument("--method", choices=METHODS, help="training method")
     o = p.add_argument_group("optimisation")
@@ -170,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runs.train import train
 
     values = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    values["model_kwargs"] = parse_model_kwargs(values.get("model_kwargs"))
     cfg = resolve_config(values, preset=args.preset, toml_path=args.config)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     # rank 0 holds the run's lock from the first epoch to the end of the evaluation

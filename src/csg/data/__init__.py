@@ -17,9 +17,10 @@ from pathlib import Path
 from ..core.errors import CsgError
 from .augment import Augment, AugmentDraw
 from .dataset import DATA_DIR_ENV, Batches, ImageDataset, channel_stats, resolve_data_dir
+from .torch_adapter import PYTHON_SOURCE, as_image_dataset, is_csg_dataset
 
 __all__ = ["load_dataset", "dataset_options", "available_datasets", "ImageDataset", "Augment", "AugmentDraw", "Batches",
-           "resolve_data_dir", "channel_stats", "DATA_DIR_ENV"]
+           "resolve_data_dir", "channel_stats", "DATA_DIR_ENV", "as_image_dataset", "is_csg_dataset", "PYTHON_SOURCE"]
 
 # name -> ("module:function", one-line description). Every loader is called as
 # loader(split, data_dir, seed, **options) and returns an ImageDataset.

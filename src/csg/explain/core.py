@@ -165,12 +165,17 @@ def load_image(path: str | Path, in_channels: int, size: Sequence[int]) -> torch
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
 
 
-def explain_run(run, images: Sequence[str | Path], top: int = 5, out_dir: str | Path | None = None,
+def explain_run(run, images, top: int = 5, out_dir: str | Path | None = None,
                 device="cpu", sigma: float = 5.0) -> list[dict]:
     """``csg explain``: explain each image with the run's model; writes ``NAME.png`` and ``NAME.json`` per image
-    into ``out_dir`` (default ``RUN/explain``). Returns the JSON records."""
+    into ``out_dir`` (default ``RUN/explain``). Returns the JSON records.
+
+    ``images``: image files (paths), or your own images as a torch ``Dataset`` of ``(image, label)``, a
+    ``DataLoader`` or a csg dataset (every item is explained; its files are named ``item-I``)."""
     from ..core.io import atomic_write_json
 
+    if not isinstance(images, (list, tuple)) or not all(isinstance(p, (str, Path)) for p in images):
+        return _explain_dataset(run, images, top=top, out_dir=out_dir, device=device, sigma=sigma)
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:  # before loading the model: a typo should fail at once
         raise CsgError(f"image {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
@@ -196,5 +201,27 @@ def explain_run(run, images: Sequence[str | Path], top: int = 5, out_dir: str | 
                                  f"{expl.predicted_name} ({expl.probability:.2f})")
         record = {"image": str(path), **expl.to_dict(), "figure": str(png)}
         atomic_write_json(out / f"{stem}.json", record)
+        records.append(record)
+    return records
+
+
+def _explain_dataset(run, given, *, top, out_dir, device, sigma) -> list[dict]:
+    """``explain_run`` on a Dataset / DataLoader / csg dataset: one figure and record per item, ``item-I``."""
+    from ..core.io import atomic_write_json
+
+    dataset = run.dataset(given, "explain")
+    cfg = run.config
+    model = run.load_model(device)
+    gate = run.gate()
+    out = Path(out_dir) if out_dir is not None else run.path / "explain"
+    records = []
+    for i in range(len(dataset)):
+        x = dataset.images[i].to(torch.float32).div(255.0)
+        expl = explain(model, x, gate=gate, top=top, class_names=cfg.get("classes"), sigma=sigma)
+        png = explanation_figure(expl, x, out / f"item-{i}.png", title=f"item {i} (label "
+                                 f"{dataset.classes[int(dataset.labels[i])]}): predicted {expl.predicted_name} "
+                                 f"({expl.probability:.2f})")
+        record = {"image": f"item {i}", "label": int(dataset.labels[i]), **expl.to_dict(), "figure": str(png)}
+        atomic_write_json(out / f"item-{i}.json", record)
         records.append(record)
     return records

@@ -152,8 +152,11 @@ def graph_run(run, layers: Sequence[str] | None = None, *, images: int = 300, ne
               nodes_per_filter: Sequence[int] | int | None = None, settings: MiningSettings | None = None,
               top_units: int | None = None, shots: Sequence[int] = (1, 3), repeats: int = 10, voters: int = 10,
               device="cpu", progress: bool = False, max_minutes: float | None = None, figures: bool = True,
-              log: Callable[[str], None] | None = None) -> dict:
-    """``csg graph``: mine, evaluate (when the data has landmarks), draw; writes graph.npz, graph.json."""
+              log: Callable[[str], None] | None = None, dataset=None) -> dict:
+    """``csg graph``: mine, evaluate (when the data has landmarks), draw; writes graph.npz, graph.json.
+
+    ``dataset``: your own images to mine instead of the run's test split (a torch ``Dataset`` of
+    ``(image, label)``, a ``DataLoader`` or a csg dataset)."""
     settings = settings or MiningSettings()
     say = log or (lambda _m: None)
     start = time.perf_counter()
@@ -164,7 +167,7 @@ def graph_run(run, layers: Sequence[str] | None = None, *, images: int = 300, ne
     if layers:
         check_layers(model, layers)  # a typo fails before any data is made
     neg, neg_text = _load_negatives(negatives, run, cfg, num_negatives, settings.seed)
-    dataset = run.load_dataset("test")
+    dataset = run.dataset(dataset, "test")
     if len(dataset) > images:
         dataset = dataset.subset(images, seed=settings.seed)
 

@@ -225,17 +225,28 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
 
 def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradmap", "activmap", "cam"), *,
                  data_dir: str | None = None, split: str = "test", device="cpu", allow_unconverged: bool = False,
-                 **options) -> dict:
-    """``csg localize``: load the run's model and the masked dataset, score, write ``RUN/localization.json``."""
+                 dataset=None, **options) -> dict:
+    """``csg localize``: load the run's model and the masked dataset, score, write ``RUN/localization.json``.
+
+    ``dataset``: your own images with object masks instead of a built-in masked set: a torch ``Dataset`` of
+    ``(image, label, mask)`` (mask H x W, nonzero on the object), a ``DataLoader`` of such batches, or a csg
+    dataset with masks.
+    """
     from ..data import load_dataset
 
     cfg = run.config
     name = data or cfg.get("data")
-    if name not in MASKED_DATASETS:
+    if dataset is not None:
+        note = check_converged(run, allow_unconverged=allow_unconverged)
+        dataset = run.dataset(dataset, split, with_masks=True)
+    elif cfg.get("data_source") == "python" and data is None:
+        run.load_dataset(split)  # one line: the run was trained on your own data, pass it with dataset=
+    elif name not in MASKED_DATASETS:
         raise CsgError(f"dataset {name!r} has no object masks; localization needs one of: "
                        f"{', '.join(MASKED_DATASETS)} (pass it with --data)")
-    note = check_converged(run, allow_unconverged=allow_unconverged)
-    dataset = load_dataset(name, split=split, data_dir=data_dir if data_dir is not None else cfg.get("data_dir"))
+    if dataset is None:
+        note = check_converged(run, allow_unconverged=allow_unconverged)
+        dataset = load_dataset(name, split=split, data_dir=data_dir if data_dir is not None else cfg.get("data_dir"))
     model = run.load_model(device)
     result = localize(model, dataset, methods, device=device, figures_dir=run.figures_dir,
                       in_channels=cfg.get("in_channels"), **options)

@@ -68,7 +68,7 @@ class RunResults:
         self.metrics = self.run.metrics()
         self.method = str(self.cfg.get("method", self.metrics.get("method", "?")))
         self.data = str(self.cfg.get("data", "?"))
-        self.arch = str(self.cfg.get("arch", "?"))
+        self.arch = str(self.cfg.get("model_builder") or self.cfg.get("arch", "?"))  # --model: its factory
         self.seed = self.cfg.get("seed")
         self.label = self.path.resolve().name
         self.notes: list[str] = []

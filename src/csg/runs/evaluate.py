@@ -13,7 +13,7 @@ from ..core.model import GatedClassifier
 
 
 def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: bool | None = None,
-                 model: GatedClassifier | None = None) -> dict:
+                 model: GatedClassifier | None = None, dataset=None) -> dict:
     """``csg evaluate``: capture the test split once and write the run's measurements.
 
     Writes ``features.npz`` (``pooled``, ``labels``, ``predictions``, ``logits``),
@@ -22,19 +22,21 @@ def evaluate_run(run, *, device="cpu", batch_size: int | None = None, progress: 
     ``num_samples``, ``per_class_accuracy``, ``mis``, ``mis_ceiling`` and, for
     gated runs, ``csg_accuracy``, ``l1_density``, ``l1_interval``,
     ``gate_mi_agreement`` and ``gate_activation_agreement`` (the gate's class against the class of each
-    filter's largest mean activation).
+    filter's largest mean activation). ``dataset``: the test images to use instead of the run's test split
+    (a torch ``Dataset`` of ``(image, label)``, a ``DataLoader`` or a csg dataset); a run trained on data
+    passed from Python needs it.
     """
     raw = run.config
     cfg = TrainConfig.from_dict(raw)
     if model is None:
         model = run.load_model(device)
     with run.lock("evaluating"):
-        return _evaluate(run, cfg, model, device, batch_size, progress)
+        return _evaluate(run, cfg, model, device, batch_size, progress, dataset)
 
 
-def _evaluate(run, cfg, model, device, batch_size, progress) -> dict:
+def _evaluate(run, cfg, model, device, batch_size, progress, dataset=None) -> dict:
     model.to(device).eval()
-    test_set = run.load_dataset("test", subset=cfg.test_subset, seed=cfg.seed)
+    test_set = run.dataset(dataset, "test", subset=cfg.test_subset, seed=cfg.seed)
     captured = capture_features(model, test_set, batch_size=batch_size or cfg.eval_batch_size, device=device,
                                 progress=progress is not False)
     labels, predictions = captured["labels"], captured["predictions"]

@@ -79,10 +79,36 @@ class RunDir:
         from ..data import dataset_options, load_dataset
 
         cfg = self.config
+        if cfg.get("data_source") == "python":
+            raise CsgError(f"{self.path} was trained on your own data from Python (config.json: data_source = "
+                           f"python), which csg cannot reload by name; pass it from Python, e.g. "
+                           f"csg.evaluate_run(csg.RunDir({str(self.path)!r}), dataset=my_test_set)")
         kwargs = dict(data_dir=cfg.get("data_dir"))
         kwargs.update(dataset_options(cfg["data"], image_size=cfg.get("resize"), workers=cfg.get("workers")))
         kwargs.update(overrides)
         return load_dataset(cfg["data"], split=split, **kwargs)
+
+    def dataset(self, given=None, split: str = "test", *, with_masks: bool = False, **overrides):
+        """``given`` (a csg dataset, a torch ``Dataset`` of ``(image, label[, mask])`` or a ``DataLoader``) as
+        csg's in-memory set checked against this run's classes and channels; None: :meth:`load_dataset`."""
+        if given is None:
+            return self.load_dataset(split, **overrides)
+        from ..data import as_image_dataset
+
+        cfg = self.config
+        classes = cfg.get("classes")
+        num_classes = cfg.get("num_classes")
+        mean, std = cfg.get("input_mean"), cfg.get("input_std")
+        ds = as_image_dataset(given, num_classes=num_classes,
+                              classes=classes if isinstance(classes, list) and len(classes) == num_classes else None,
+                              with_masks=with_masks, name=f"the {split} dataset", mean=mean, std=std)
+        channels = cfg.get("in_channels")
+        if channels is not None and ds.in_channels != int(channels):
+            raise CsgError(f"{ds.name} has {ds.in_channels}-channel images but {self.path} was trained on "
+                           f"{channels}-channel images; give images of the training data's shape")
+        if num_classes is not None and ds.num_classes != int(num_classes):
+            raise CsgError(f"{ds.name} has {ds.num_classes} classes but {self.path} was trained on {num_classes}")
+        return ds
 
     # ---- writing -------------------------------------------------------
     @property

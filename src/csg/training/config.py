@@ -38,6 +38,11 @@ class TrainConfig:
     test_subset: int | None = None
     arch: str = "resnet20"
     small_input: bool | None = None
+    # a user's network instead of a registered --arch (csg.core.named_model; docs/integrations.md)
+    model_builder: str | None = None       # "package.module:factory"
+    model_kwargs: dict[str, Any] | None = None
+    feature_layer: str | None = None       # dotted name of the feature layer inside the network
+    head: str | None = None                # dotted name of its final nn.Linear (None: a new head)
     method: str = "csg"
     seed: int = 0
     # optimisation
@@ -143,6 +148,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: TOML keys that name a field by its flag (``model = "pkg.mod:factory"`` as ``--model``)
+TOML_ALIASES = {"model": "model_builder"}
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -157,10 +166,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in names:
+        if name not in names and name not in TOML_ALIASES:
             raise CsgError(f"config file {path}: unknown key {key!r}; keys are the `csg train` flags, e.g. "
                            "epochs, lr, rho")
-        out[name] = value
+        out[TOML_ALIASES.get(name, name)] = value
     check_types(out, f"config file {path}")
     return out
 
@@ -207,6 +216,8 @@ def _field_kind(name: str) -> str:
     for kind in ("bool", "int", "float", "str"):
         if annotation.startswith(kind):
             return kind
+    if annotation.startswith("dict"):
+        return "dict"
     return "floats" if "tuple" in annotation else "any"
 
 
@@ -221,12 +232,13 @@ def check_types(values: dict[str, Any], where: str) -> None:
               "float": isinstance(value, (int, float)) and not isinstance(value, bool),
               "str": isinstance(value, str),
               "floats": isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                                 for v in value)}.get(kind, True)
+                                                                 for v in value),
+              "dict": isinstance(value, dict) and all(isinstance(k, str) for k in value)}.get(kind, True)
         if not ok:
             want = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text value",
-                    "floats": "a list of numbers"}[kind]
+                    "floats": "a list of numbers", "dict": "a table of keyword arguments"}[kind]
             raise CsgError(f"{where}: {name} = {value!r} is not {want}; e.g. {name} = "
-                           f"{ {'bool': 'true', 'int': '12', 'float': '0.1', 'str': chr(34) + 'csg' + chr(34), 'floats': '[0.5, 0.75]'}[kind] }")
+                           f"{ {'bool': 'true', 'int': '12', 'float': '0.1', 'str': chr(34) + 'csg' + chr(34), 'floats': '[0.5, 0.75]', 'dict': '{ width = 8 }'}[kind] }")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -249,6 +261,14 @@ def validate(cfg: TrainConfig) -> None:
             span = (("[" if lo_in else "(") + (f"{lo:g}" if lo is not None else "-inf") + ", "
                     + (f"{hi:g}" if hi is not None else "inf") + ("]" if hi_in else ")"))
             raise CsgError(f"{flag} must lie in {span}, got {value:g}")
+    if cfg.model_builder is None:
+        given = [f"--{n.replace('_', '-')}" for n in ("model_kwargs", "feature_layer", "head")
+                 if getattr(cfg, n) is not None]
+        if given:
+            raise CsgError(f"{given[0]} names a part of your own network and needs --model package.module:factory")
+    elif not cfg.feature_layer:
+        raise CsgError(f"--model {cfg.model_builder} needs --feature-layer NAME, the dotted name of the layer whose "
+                       "output is the feature maps (e.g. features.3)")
     if not 1 <= cfg.csg_epochs <= cfg.period:
         raise CsgError(f"--csg-epochs {cfg.csg_epochs} must be between 1 and --period {cfg.period}")
     if any(not 0 < m < 1 for m in cfg.milestones):

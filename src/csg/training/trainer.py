@@ -36,7 +36,8 @@ from ..core.lock import RunLock
 from ..backbones import build_model
 from ..core.model import GatedClassifier
 from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG, TENSORBOARD_DIR
-from ..data import Augment, dataset_options, load_dataset
+from ..core.named_model import build_named_model, import_builder
+from ..data import PYTHON_SOURCE, Augment, as_image_dataset, available_datasets, dataset_options, is_csg_dataset, load_dataset
 from ..methods import build_method
 from ..methods.schedule import STD
 from ..metrics import mutual_information_matrix
@@ -50,6 +51,9 @@ from .tensorboard import TensorBoardLog, summary_writer_class
 # Config keys that may change on --resume without changing the result's meaning.
 _RESUMABLE_CHANGES = {"device", "threads", "out", "evaluate", "eval_every", "checkpoint_every", "epochs",
                       "eval_batch_size", "channels_last", "amp", "compile", "workers", "tensorboard"}
+
+#: config keys of a user's network (--model): compared on --resume only when a run has one
+_MODEL_ONLY = {"model_kwargs", "feature_layer", "head"}
 
 
 #: batches timed before the up-front estimate of the training time
@@ -167,6 +171,27 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % (2**32))
+        if model is None and cfg.model_builder:
+            import_builder(cfg.model_builder)  # an unimportable --model fails before any data is read
+        # a user's torch Dataset or DataLoader is read once into csg's in-memory set; csg's own sets pass as
+        # they are (the fast path); a run trained on such data records data_source = "python"
+        self.data_source = "name"
+        if any(d is not None and not (is_csg_dataset(d) and getattr(d, "name", None) in available_datasets())
+               for d in (train_set, test_set)):
+            self.data_source = PYTHON_SOURCE  # commands cannot reload it by cfg.data
+        if train_set is not None and not is_csg_dataset(train_set):
+            train_set = as_image_dataset(train_set, name="train_set")
+        if test_set is not None and not is_csg_dataset(test_set):
+            known = train_set if train_set is not None else None
+            test_set = as_image_dataset(test_set, name="test_set",
+                                        num_classes=None if known is None else known.num_classes,
+                                        classes=None if known is None else list(known.classes),
+                                        mean=None if known is None else known.mean,
+                                        std=None if known is None else known.std)
+        if self.data_source == PYTHON_SOURCE and (train_set is None or test_set is None):
+            missing = "test_set" if test_set is None else "train_set"
+            raise CsgError(f"{missing} is missing: with your own data give both train_set= and test_set= "
+                           f"(a Dataset or DataLoader each), not one of them with --data {cfg.data}")
         options = dataset_options(cfg.data, image_size=cfg.resize, workers=cfg.workers) \
             if train_set is None or test_set is None else {}
         self.train_set = train_set if train_set is not None else load_dataset(
@@ -175,7 +200,11 @@ class Trainer:
             cfg.data, "test", data_dir=cfg.data_dir, subset=cfg.test_subset, seed=cfg.seed, **options)
         self._check_data()
         self.method = build_method(cfg, self.train_set.num_classes)
-        if model is None:
+        if model is None and cfg.model_builder:
+            model = build_named_model(cfg.to_dict(), num_classes=self.train_set.num_classes,
+                                      in_channels=self.train_set.in_channels, image_size=self.train_set.image_size,
+                                      input_mean=self.train_set.mean, input_std=self.train_set.std)
+        elif model is None:
             model = build_model(cfg.arch, self.train_set.num_classes, self.train_set.in_channels,
                                 input_mean=self.train_set.mean, input_std=self.train_set.std,
                                 small_input=cfg.small_input)
@@ -217,7 +246,10 @@ class Trainer:
             if config.is_file():
                 old = TrainConfig.from_dict(read_json(config)).to_dict()
                 new = self.cfg.to_dict()
-                changed = [k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k]]
+                # every run's config.json records its feature_layer (and head); they are settings only of a
+                # run with --model, so a registered --arch run never sees them as changed
+                skip = set() if new.get("model_builder") or old.get("model_builder") else _MODEL_ONLY
+                changed = [k for k in new if k not in _RESUMABLE_CHANGES | skip and old.get(k) != new[k]]
                 if changed:
                     k = changed[0]
                     raise CsgError(f"--resume: {k} was {old.get(k)!r} in {self.out} but is now {new[k]!r}; "
@@ -257,7 +289,7 @@ class Trainer:
                    image_size=list(self.train_set.image_size), classes=list(self.train_set.classes),
                    input_mean=list(self.train_set.mean), input_std=list(self.train_set.std),
                    num_filters=self.model.num_filters, feature_layer=self.model.feature_layer,
-                   train_size=len(self.train_set), test_size=len(self.test_set),
+                   train_size=len(self.train_set), test_size=len(self.test_set), data_source=self.data_source,
                    versions=package_versions(), command=" ".join(sys.argv))
         return cfg
 
