@@ -45,9 +45,17 @@ plus a histogram of those (sample, class, ``p``) corrections. Samples with
 ties in their list count the entries nearer than the radius exactly; pairs
 whose list holds too many members of ``c`` scan further.
 
-Filters are processed in blocks (bounded memory), on several threads when
-``n_jobs`` asks for them (numpy releases the GIL inside its kernels); the
-result does not depend on either.
+Filters are processed in blocks of ~65,536 samples x filters (bounded memory;
+arrays of 512 KiB are reused by malloc, larger ones were faulted in afresh on
+every block) on worker threads: ``n_jobs`` of them (default: every available
+core from 2^18 samples x filters on), a multiple of ``n_jobs`` equal blocks.
+numpy releases the GIL inside its kernels. Each block scales its own filters
+(steps 1-2 per filter: the same bits as one whole-array pass) and adds its
+columns of the noise, which is one stream and so is drawn on the calling
+thread; while it is drawn, the workers sort their first blocks without the
+noise, and those blocks are then re-sorted from that order by a stable sort
+that is near-linear on nearly sorted rows. The result does not depend on the
+blocks or threads, bit for bit.
 
 Floating point is reproduced exactly: scikit-learn's KD-tree distance in 1-D
 is ``|fl(x_i - x_j)|``; its brute-force search (used when a label has at most
