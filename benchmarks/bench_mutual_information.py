@@ -97,7 +97,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="case (a) only")
     ap.add_argument("--sk-classes", type=int, default=3, help="classes sklearn computes in case (b)")
     ap.add_argument("--repeats", type=int, default=5, help="alternating timed rounds in case (a)")
-    ap.add_argument("--jobs", type=int, default=-1, help="n_jobs of csg (threads; default -1: all cores)")
+    ap.add_argument("--jobs", type=lambda v: None if v.lower() == "none" else int(v), default=-1,
+                    help="n_jobs of csg (threads; default -1: all cores; 'none': the library's default)")
     args = ap.parse_args()
     import sklearn
     import threadpoolctl

@@ -187,3 +187,110 @@ def test_accuracies():
     p = np.array([0, 1, 1, 1, 0])
     assert accuracy(p, y) == pytest.approx(3 / 5)
     np.testing.assert_allclose(per_class_accuracy(p, y, 4), [0.5, 1.0, 0.0, np.nan])
+
+
+def test_mi_matrix_threads_and_default_jobs_are_bit_identical(monkeypatch):
+    import csg.metrics.mutual_information as mi_mod
+
+    # a class of 2 members (< k + 1), a constant filter, a ReLU-like filter with many zeros
+    rng = np.random.default_rng(11)
+    y = np.concatenate([rng.integers(0, 5, 600), [5, 5]])
+    x = np.maximum(rng.normal(size=(y.size, 7)), 0.0).astype(np.float32)
+    x[:, 2] = 4.0
+    ref = sklearn_matrix(x, y, 6)
+    one = mutual_information_matrix(x, y, n_jobs=1)
+    np.testing.assert_allclose(one, ref, atol=1e-9)
+    assert mi_mod._resolve_jobs(None, 10) == 1
+    assert mi_mod._resolve_jobs(None, 1 << 30) == mi_mod._available_cores()
+    monkeypatch.setattr(mi_mod, "_PARALLEL_MIN", 1)  # the default takes the threaded path at this size
+    monkeypatch.setattr(mi_mod, "_BLOCK_ELEMENTS", 1000)  # several blocks
+    for jobs in (None, 2, 3, -1):
+        np.testing.assert_array_equal(mutual_information_matrix(x, y, n_jobs=jobs), one)
+
+
+def test_spans_split_filters_evenly():
+    from csg.metrics.mutual_information import _spans
+
+    for F, n, jobs in [(64, 10_000, 2), (64, 10_000, 1), (5, 100, 3), (1, 50, 2), (512, 50_000, 2)]:
+        spans = _spans(F, n, None, jobs)
+        sizes = [f1 - f0 for f0, f1 in spans]
+        assert spans[0][0] == 0 and spans[-1][1] == F and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+        if jobs > 1 and F >= jobs:
+            assert len(spans) % jobs == 0
+    assert _spans(10, 100, 4, 2) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_scaled_block_plus_noise_is_prepare_features_bit_for_bit():
+    from csg.metrics.mutual_information import _scaled_block, prepare_features
+
+    rng = np.random.default_rng(4)
+    base = rng.gamma(2.0, size=(1001, 6))
+    for x in (base.astype(np.float32), np.asfortranarray(base), (base * 10).astype(np.int32), base[:, :1]):
+        X = prepare_features(x, 3)
+        z = np.random.RandomState(3).standard_normal(size=x.shape)
+        for f0, f1 in [(0, x.shape[1]), (0, 1), (x.shape[1] - 1, x.shape[1])]:
+            Xb, amp = _scaled_block(x, f0, f1)
+            Xb += amp[:, None] * z[:, f0:f1].T
+            np.testing.assert_array_equal(Xb, X[:, f0:f1].T)
+
+
+def test_resort_rows_sorts_light_and_heavy_rows():
+    from csg.metrics.mutual_information import _resort_rows, _sort_rows
+
+    rng = np.random.default_rng(6)
+    X0 = np.round(rng.normal(size=(4, 500)), 2)
+    X0[1, :300] = 0.0  # many ties before the noise: a row sorted from scratch
+    X0[3] = 1.0  # all tied
+    order0 = _sort_rows(X0.copy(), np.empty_like(X0))
+    X = X0 + 1e-10 * rng.normal(size=X0.shape)
+    out = np.empty_like(X)
+    order = _resort_rows(X, order0, out)
+    np.testing.assert_array_equal(out, np.sort(X, axis=1))
+    np.testing.assert_array_equal(np.take_along_axis(X, order, axis=1), out)
+    np.testing.assert_array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(500), (4, 500)))
+
+
+def test_block_mi_with_and_without_presort_agree_bit_for_bit():
+    from csg.metrics.mutual_information import _block_mi, _layout, _sort_rows
+
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 4, 700)
+    X0 = np.column_stack([np.maximum(rng.normal(size=700), 0), np.round(rng.gamma(1.0, size=700), 1),
+                          rng.normal(size=700)]).T.copy()
+    order0 = _sort_rows(X0.copy(), np.empty_like(X0))
+    X = X0 + 1e-10 * rng.normal(size=X0.shape)
+    lay = _layout(y, 4, 3)
+    y8 = y.astype(np.int8)
+    np.testing.assert_array_equal(_block_mi(X.copy(), y8, lay, order0), _block_mi(X.copy(), y8, lay))
+
+
+def test_search_finds_the_first_position_beyond_the_radius():
+    from csg.metrics.mutual_information import _search
+
+    rng = np.random.default_rng(1)
+    row = np.concatenate([[-np.inf], np.sort(np.round(rng.normal(size=300), 2)), [np.inf]])
+    i = rng.integers(1, 301, 2000)
+    step = np.where(rng.random(2000) < 0.5, 1, -1)
+    r = np.abs(rng.normal(size=2000)) * 0.5
+    x = row[i]
+    dist = lambda j: (row[j] - x) * step  # noqa: E731
+    # reference: walk from x_i outwards to the first sample beyond r
+    ref = i.copy()
+    while True:
+        move = dist(ref) <= r
+        if not move.any():
+            break
+        ref[move] += step[move]
+    outside = np.where(step > 0, 301, 0)
+    np.testing.assert_array_equal(_search(row, x, r, i, outside, step), ref)
+
+
+def test_digamma_table_matches_scipy():
+    from scipy.special import digamma
+
+    from csg.metrics.mutual_information import _layout
+
+    psi = _layout(np.arange(50) % 3, 3, 3).psi
+    assert psi.shape == (51,)
+    np.testing.assert_allclose(psi[1:], digamma(np.arange(1, 51)), rtol=0, atol=1e-12)

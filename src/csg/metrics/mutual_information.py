@@ -45,9 +45,17 @@ plus a histogram of those (sample, class, ``p``) corrections. Samples with
 ties in their list count the entries nearer than the radius exactly; pairs
 whose list holds too many members of ``c`` scan further.
 
-Filters are processed in blocks (bounded memory), on several threads when
-``n_jobs`` asks for them (numpy releases the GIL inside its kernels); the
-result does not depend on either.
+Filters are processed in blocks of ~65,536 samples x filters (bounded memory;
+arrays of 512 KiB are reused by malloc, larger ones were faulted in afresh on
+every block) on worker threads: ``n_jobs`` of them (default: every available
+core from 2^18 samples x filters on), a multiple of ``n_jobs`` equal blocks.
+numpy releases the GIL inside its kernels. Each block scales its own filters
+(steps 1-2 per filter: the same bits as one whole-array pass) and adds its
+columns of the noise, which is one stream and so is drawn on the calling
+thread; while it is drawn, the workers sort their first blocks without the
+noise, and those blocks are then re-sorted from that order by a stable sort
+that is near-linear on nearly sorted rows. The result does not depend on the
+blocks or threads, bit for bit.
 
 Floating point is reproduced exactly: scikit-learn's KD-tree distance in 1-D
 is ``|fl(x_i - x_j)|``; its brute-force search (used when a label has at most
@@ -58,6 +66,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -70,9 +79,12 @@ from ..core.errors import CsgError
 __all__ = ["mutual_information_matrix", "prepare_features"]
 
 _NOISE = 1e-10            # scikit-learn's noise amplitude (Kraskov et al.)
-_BLOCK_ELEMENTS = 1 << 17  # samples x filters per block: bounds the working memory, stays in cache
+_BLOCK_ELEMENTS = 1 << 16  # samples x filters per block: bounds the working memory (arrays of 512 KiB
+                           # stay inside malloc's reused memory; 1 MiB ones were faulted in per block)
 _PAIR_CHUNK = 1 << 20      # (sample, class) correction pairs handled at once
 _NOISE_ROWS = 4096         # rows of noise drawn at a time (same stream as one draw)
+_PARALLEL_MIN = 1 << 18    # samples x filters from which n_jobs=None uses every available core
+_PRESORT_ELEMENTS = 1 << 22  # samples x filters sorted (without noise) while the noise is drawn, at most
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +405,35 @@ def _sort_rows(X: np.ndarray, out: np.ndarray) -> np.ndarray:
     return order
 
 
+def _resort_rows(X: np.ndarray, order0: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Argsort of each row of ``X`` (B, n) from ``order0``, an argsort of nearly the same rows
+    (the values before the noise), writing the sorted rows into ``out``.
+
+    In ``order0``'s order a row is nearly sorted (the noise moves only values that were tied or
+    within ~1e-9 of each other), and a stable sort (timsort) of a nearly sorted row is about
+    linear: ~20x cheaper than ``_sort_rows``. Rows with many values out of place (runs of
+    equal values before the noise, such as a ReLU's zeros) are sorted from scratch. The order
+    among equal values may differ from ``_sort_rows``'s; nothing downstream depends on it.
+    """
+    B, n = X.shape
+    Xp = np.take_along_axis(X, order0, axis=1)
+    heavy = np.count_nonzero(Xp[:, 1:] < Xp[:, :-1], axis=1) > n // 64
+    if not heavy.any():
+        fix = np.argsort(Xp, axis=1, kind="stable")
+        out[...] = np.take_along_axis(Xp, fix, axis=1)
+        return np.take_along_axis(order0, fix, axis=1)
+    order = np.empty_like(order0)
+    light, heavy = np.flatnonzero(~heavy), np.flatnonzero(heavy)
+    if light.size:
+        fix = np.argsort(Xp[light], axis=1, kind="stable")
+        order[light] = np.take_along_axis(order0[light], fix, axis=1)
+        out[light] = np.take_along_axis(Xp[light], fix, axis=1)
+    buf = np.empty((heavy.size, n))
+    order[heavy] = _sort_rows(X[heavy], buf)
+    out[heavy] = buf
+    return order
+
+
 def _search(flat, x, r, inside, outside, step):
     """First position from ``inside`` towards ``outside`` whose distance to ``x`` exceeds ``r``.
 
@@ -415,31 +456,48 @@ def _search(flat, x, r, inside, outside, step):
     # settled brackets (length 1) probe their inside end and stay settled
     mid = a + st * np.clip((frac * length).astype(np.int64), 1, np.maximum(length - 1, 1))
     del da, db, frac, length
+    # One round is a few same-type, in-place passes (mixed bool/int arithmetic and fresh
+    # temporaries cost several times more): the probe's test as a sign mask, the bracket update
+    # as xor blends.
+    dist = np.empty(a.size)
+    mask = dist.view(np.int64)  # -1 where the probe is beyond r, else 0
+    tmp = np.empty_like(a)
     probe = 1
     while True:
-        dist = flat.take(mid)
+        flat.take(mid, out=dist, mode="clip")  # indices are valid; "clip" avoids a buffered copy
         dist -= xx
         dist *= sf
-        beyond = dist > rr
-        # b = beyond ? mid : b and a = beyond ? a : mid, as arithmetic blends (np.where is slow on
-        # random masks), in place
-        mid -= a
-        shift = mid * beyond
-        b -= a
-        b *= ~beyond
-        b += a
-        b += shift
-        a += mid
-        a -= shift
-        open_ = np.abs(b - a) > 1
+        np.subtract(rr, dist, out=dist)  # r - dist < 0 exactly when dist > r (+-inf included)
+        mask >>= 63
+        # b = beyond ? mid : b, a = beyond ? a : mid
+        np.bitwise_xor(b, mid, out=tmp)
+        tmp &= mask
+        b ^= tmp
+        np.bitwise_xor(a, mid, out=tmp)
+        tmp &= mask
+        np.bitwise_xor(mid, tmp, out=a)
+        if probe == 1:  # next to the interpolated probe, on the boundary's side: beyond ? b - st : a + st
+            np.add(a, st, out=mid)
+            np.subtract(b, st, out=tmp)
+            tmp ^= mid
+            tmp &= mask
+            mid ^= tmp
+        else:  # bisection
+            np.add(a, b, out=mid)
+            mid >>= 1
+        np.subtract(b, a, out=tmp)
+        tmp += 1
+        open_ = tmp.view(np.uint64) > 2  # |b - a| > 1
         n_open = np.count_nonzero(open_)
         if n_open <= open_.size // 2:  # write back the settled ones, go on with the others
             out[todo] = b
             if not n_open:
                 return out
             keep = np.flatnonzero(open_)
-            todo, a, b, xx, rr, st, sf, beyond = (v.take(keep) for v in (todo, a, b, xx, rr, st, sf, beyond))
-        mid = a + st + (b - a - 2 * st) * beyond if probe == 1 else (a + b) >> 1
+            todo, a, b, xx, rr, st, sf, mid = (v.take(keep) for v in (todo, a, b, xx, rr, st, sf, mid))
+            dist = np.empty(a.size)
+            mask = dist.view(np.int64)
+            tmp = np.empty_like(a)
         probe += 1
 
 
@@ -752,8 +810,9 @@ def _negative_radius_excluding(s, ys, b, p, c, K):
     return m_out
 
 
-def _block_mi(Xb: np.ndarray, y: np.ndarray, lay: _Layout) -> np.ndarray:
-    """MI (B, C) for the filters in rows of ``Xb`` (B, n)."""
+def _block_mi(Xb: np.ndarray, y: np.ndarray, lay: _Layout, order0=None) -> np.ndarray:
+    """MI (B, C) for the filters in rows of ``Xb`` (B, n); ``order0``: an argsort of its rows
+    before the noise (``_resort_rows``), or None."""
     B, n = Xb.shape
     K, C, psi = lay.K, lay.C, lay.psi
     pad = 2 * K + 2  # the neighbour walk never leaves a row's padding
@@ -761,7 +820,7 @@ def _block_mi(Xb: np.ndarray, y: np.ndarray, lay: _Layout) -> np.ndarray:
     sp = np.empty((B, n + 2 * pad))
     sp[:, :pad], sp[:, pad + n:] = -np.inf, np.inf
     s = sp[:, pad:pad + n]
-    order = _sort_rows(Xb, s)
+    order = _sort_rows(Xb, s) if order0 is None else _resort_rows(Xb, order0, s)
     ysp = np.full((B, n + 2 * pad), -1, dtype=y.dtype)
     ys = ysp[:, pad:pad + n]
     ys[...] = y[order]
@@ -788,40 +847,130 @@ def _block_mi(Xb: np.ndarray, y: np.ndarray, lay: _Layout) -> np.ndarray:
     return np.maximum(mi, 0.0)
 
 
-def _resolve_jobs(n_jobs) -> int:
+def _available_cores() -> int:
+    try:  # the cores this process may run on (a container or taskset may allow fewer than cpu_count)
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _resolve_jobs(n_jobs, size: int) -> int:
+    """Threads for ``size`` samples x filters: None = every available core from ``_PARALLEL_MIN`` on."""
     if n_jobs is None:
-        return 1
+        return _available_cores() if size >= _PARALLEL_MIN else 1
     if not isinstance(n_jobs, numbers.Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
         raise CsgError(f"n_jobs must be a non-zero integer or None, got {n_jobs!r}")
-    cpus = os.cpu_count() or 1
-    return int(n_jobs) if n_jobs > 0 else max(1, cpus + 1 + int(n_jobs))
+    return int(n_jobs) if n_jobs > 0 else max(1, _available_cores() + 1 + int(n_jobs))
+
+
+def _spans(F: int, n: int, chunk_size, n_jobs: int) -> list:
+    """Filter blocks ``(f0, f1)``: ``chunk_size`` filters each, or near ``_BLOCK_ELEMENTS`` samples x
+    filters; with threads, a multiple of ``n_jobs`` blocks whose sizes differ by at most one filter
+    (equal work per thread)."""
+    if chunk_size:
+        return [(f0, min(F, f0 + chunk_size)) for f0 in range(0, F, chunk_size)]
+    n_blocks = -(-F * n // _BLOCK_ELEMENTS)
+    if n_jobs > 1:
+        n_blocks = -(-max(n_blocks, n_jobs) // n_jobs) * n_jobs
+    n_blocks = max(1, min(n_blocks, F))
+    bounds = [F * i // n_blocks for i in range(n_blocks + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(n_blocks)]
+
+
+def _run_blocks(spans, n_jobs, work, meanwhile=None) -> None:
+    """``work(f0, f1)`` for every span on ``n_jobs`` worker threads, ``meanwhile()`` on this one.
+
+    Worker threads even for ``n_jobs=1``: a worker's malloc arena keeps the memory of a freed
+    block's temporaries for the next block, while the main thread's heap is trimmed and faulted
+    in again on every block (at 10,000 x 64 about 45,000 page faults and 70-120 ms of system time
+    per call, measured). numpy releases the GIL inside its kernels, so the threads overlap.
+    """
+    with ThreadPoolExecutor(max(1, min(n_jobs, len(spans)))) as pool:
+        futures = [pool.submit(work, *span) for span in spans]
+        if meanwhile is not None:
+            meanwhile()
+        for f in futures:
+            f.result()  # re-raises a worker's exception
+
+
+def _compact_labels(y: np.ndarray, C: int) -> np.ndarray:
+    # Small class codes: the stable label sort becomes a radix sort, the gathers lighter.
+    return y.astype(np.int8 if C <= 127 else np.int16 if C <= 32767 else np.int64)
 
 
 def _mi_from_prepared(X, y, num_classes, n_neighbors=3, chunk_size=None, n_jobs=1) -> np.ndarray:
     """MI matrix (K, C) from the already scaled and noised ``X`` (n, K) float64."""
     n, F = X.shape
-    C = num_classes
-    lay = _layout(y, C, n_neighbors)
-    # Small class codes: the stable label sort becomes a radix sort, the gathers lighter.
-    y = y.astype(np.int8 if C <= 127 else np.int16 if C <= 32767 else np.int64)
-    block = chunk_size or max(1, _BLOCK_ELEMENTS // n)
-    n_blocks = -(-F // block)
-    if n_jobs > 1 and chunk_size is None:  # equal blocks, a multiple of the workers
-        n_blocks = -(-max(n_blocks, n_jobs) // n_jobs) * n_jobs
-        block = -(-F // n_blocks)
-    spans = [(f0, min(F, f0 + block)) for f0 in range(0, F, block)]
-    out = np.empty((F, C))
+    lay = _layout(y, num_classes, n_neighbors)
+    y = _compact_labels(y, num_classes)
+    out = np.empty((F, num_classes))
 
-    def run(span):  # blocks of filters bound the memory; numpy releases the GIL in the kernels
-        f0, f1 = span
+    def work(f0, f1):
         out[f0:f1] = _block_mi(np.ascontiguousarray(X[:, f0:f1].T), y, lay)
 
-    if n_jobs > 1 and len(spans) > 1:
-        with ThreadPoolExecutor(min(n_jobs, len(spans))) as pool:
-            list(pool.map(run, spans))
-    else:
-        for span in spans:
-            run(span)
+    _run_blocks(_spans(F, n, chunk_size, n_jobs), n_jobs, work)
+    return out
+
+
+def _scaled_block(x: np.ndarray, f0: int, f1: int):
+    """Filters ``f0:f1`` of ``x`` as rows (B, n) float64, scaled as ``prepare_features`` scales them,
+    and their noise amplitudes (B,).
+
+    The per-filter reductions run along contiguous rows, as scikit-learn's run along the columns
+    of its Fortran-ordered copy: the same summation order, the same bits (tested).
+    """
+    Xb = np.array(x[:, f0:f1].T, dtype=np.float64, order="C")
+    std = np.nanstd(Xb, axis=1)
+    std[std < 10 * np.finfo(np.float64).eps] = 1.0
+    Xb /= std[:, None]
+    return Xb, _NOISE * np.maximum(1, np.mean(np.abs(Xb), axis=1))
+
+
+def _mi_matrix(x, y, C, K, random_state, chunk_size, n_jobs) -> np.ndarray:
+    """Scaling, noise and the MI of every block, with the per-filter work inside the blocks.
+
+    The noise is one ``RandomState`` stream over the whole (n, F) array, so it is drawn once,
+    here, while the workers already scale their first blocks; everything else (the scaling, the
+    noise's addition, the sorts, the counts) is per block, on the threads.
+    """
+    n, F = x.shape
+    lay = _layout(y, C, K)
+    y8 = _compact_labels(y, C)
+    spans = _spans(F, n, chunk_size, n_jobs)
+    out = np.empty((F, C))
+    noise, pre = {}, {}
+    drawn = threading.Event()
+
+    def presort(f0, f1):  # while the noise is drawn: scale the block and sort it without the noise
+        if not drawn.is_set():
+            Xb, amp = _scaled_block(x, f0, f1)
+            pre[f0] = Xb, amp, _sort_rows(Xb, np.empty_like(Xb))
+
+    def work(f0, f1, waits):
+        for w in waits:  # the block's presort, which another worker may still be running
+            w.result()
+        Xb, amp, order0 = pre.pop(f0, None) or (*_scaled_block(x, f0, f1), None)
+        drawn.wait()
+        if "z" not in noise:
+            raise CsgError("the noise draw failed")
+        Xb += amp[:, None] * noise["z"][:, f0:f1].T  # elementwise: the bits of prepare_features's X
+        out[f0:f1] = _block_mi(Xb, y8, lay, order0)
+
+    def draw():  # the legacy generator releases the GIL while it fills the array
+        try:
+            noise["z"] = _check_random_state(random_state).standard_normal(size=(n, F))
+        finally:
+            drawn.set()
+
+    # Presorts are queued first (FIFO), so a worker never waits for one that is not yet running;
+    # they are bounded in memory (_PRESORT_ELEMENTS) and skipped once the noise is there.
+    n_pre = max(n_jobs, _PRESORT_ELEMENTS // max(1, n * (spans[0][1] - spans[0][0])))
+    with ThreadPoolExecutor(max(1, min(n_jobs, len(spans)))) as pool:
+        pres = [pool.submit(presort, *span) for span in spans[:n_pre]]
+        futures = [pool.submit(work, *span, pres[i:i + 1]) for i, span in enumerate(spans)]
+        draw()
+        for f in futures:
+            f.result()  # re-raises a worker's exception
     return out
 
 
@@ -843,10 +992,10 @@ def mutual_information_matrix(features, labels, n_neighbors: int = 3, random_sta
         num_classes: C; classes absent from ``labels`` get the value scikit-learn
             gives a constant target (0). Default ``labels.max() + 1``.
         chunk_size: filters per block (memory bound); default keeps a block near
-            half a million samples x filters.
-        n_jobs: threads over blocks of filters (None or 1: one, -1: all cores);
-            the result does not depend on it. More threads help only on idle cores.
+            65,536 samples x filters (with threads: a multiple of n_jobs equal blocks).
+        n_jobs: threads over blocks of filters (1: one, -1: all available cores; None:
+            all available cores from 2^18 samples x filters on, one below). The result
+            does not depend on it, bit for bit. More threads help only on idle cores.
     """
     x, y, C, K = _validate(features, labels, n_neighbors, num_classes, chunk_size)
-    X = prepare_features(x, random_state)
-    return _mi_from_prepared(X, y, C, K, chunk_size, _resolve_jobs(n_jobs))
+    return _mi_matrix(x, y, C, K, random_state, chunk_size, _resolve_jobs(n_jobs, x.size))
