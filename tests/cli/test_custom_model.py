@@ -127,3 +127,22 @@ def test_a_run_of_python_data_says_how_to_pass_it(tmp_path):
         err = done.stderr.strip()
         assert done.returncode == 2 and len(err.splitlines()) == 1, (command, err)
         assert "trained on your own data from Python" in err and "dataset=" in err
+
+
+def test_a_run_of_a_python_network_object_says_how_to_make_it_reloadable(tiny_idx_dir, tmp_path):
+    """``csg.train(cfg, model=GatedClassifier(net, ...))`` without ``model_builder``: the run records the
+    network's class, and commands say in one line that they cannot rebuild it and how to make them able to,
+    instead of loading the checkpoint into the registered ``arch`` (a shape-mismatch traceback)."""
+    import csg
+    from custom_model import make_net
+
+    model = csg.GatedClassifier(make_net(width=6), "features.3", 10, head="classifier")
+    cfg = csg.TrainConfig(arch="resnet20", data="fashion-mnist", data_dir=str(tiny_idx_dir), subset=40,
+                          test_subset=20, epochs=1, warmup=0, batch_size=10, out=str(tmp_path / "obj"),
+                          device="cpu", evaluate=False, eval_every=0)
+    run = csg.train(cfg, model=model, progress=False)
+    assert json.loads((Path(run.path) / "config.json").read_text())["model_object"] == "custom_model:TinyNet"
+    done = csg_cli("evaluate", run.path)
+    err = done.stderr.strip()
+    assert done.returncode != 0 and len(err.splitlines()) == 1, err
+    assert "network object passed from Python (custom_model:TinyNet)" in err and "model_builder" in err

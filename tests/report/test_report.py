@@ -68,7 +68,8 @@ def write_localization_and_adversarial(run: RunDir, shift: float, seed: int) -> 
     labels = np.arange(N) % C
     loc = {"schema": "csg.localization/2", "num_images": N, "data": "fashion-mnist-clutter", "split": "test"}
     arrays = {"image_index": np.arange(N), "labels": labels}
-    for name, per_filter in (("gradmap", True), ("activmap", True), ("cam", False)):
+    for name, per_filter in (("gradmap", True), ("activmap", True), ("cam", False),
+                             ("captum:GuidedBackprop", False)):
         if per_filter:
             ious = np.clip(rng.uniform(0, 0.6, (N, K)) + shift, 0, 1)
             res = score_filters(filter_tables(ious, labels, C), select_ap=20 if name == "gradmap" else 30,
@@ -181,6 +182,13 @@ def test_compare_table_aggregates_seeds_and_closes_the_gap(fake_runs, tmp_path):
     loc = json.loads((fake_runs["csg-s0"].path / "localization.json").read_text())
     assert rows["csg"]["values"]["loc.gradmap.avg_iou"]["mean"] == pytest.approx(loc["gradmap"]["avg_iou"])
     assert "GradMap Avg-IoU" in _section(text, "localization") and "Adversarial detection" in text
+    # a Captum attribution scored by csg localize is a column of the same table, after csg's maps
+    key = "loc.captum:GuidedBackprop.avg_iou"
+    assert rows["csg"]["values"][key]["mean"] == pytest.approx(loc["captum:GuidedBackprop"]["avg_iou"])
+    sec = _section(text, "localization")
+    assert sec.index("CAM AP30") < sec.index("GuidedBackprop (Captum) Avg-IoU") < sec.index("GuidedBackprop (Captum) AP20")
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "GuidedBackprop (Captum) Avg-IoU" in md
     assert "GradMap" not in _section(text, "table")  # the totals are not repeated in Table 1
     # the published CIFAR-10 rows, with the paper's 23% of the gap closed
     assert "0.9192" in text and "0.1603" in text

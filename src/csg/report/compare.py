@@ -25,7 +25,7 @@ from . import sections as S
 from .atlas_page import atlas_links, atlas_section
 from .graph_section import graph_compare_section
 from .markdown import comparison_markdown
-from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, RunResults, compare, metric_label
+from .comparison import MAIN_METRICS, RunResults, compare, localization_keys, metric_label
 from .run_report import matrix_figures
 
 
@@ -161,8 +161,8 @@ def _table1(rows: list[dict]) -> str:
 
 
 def _localization_section(rows, diffs, runs, out, figdir, fig_entries) -> str | None:
-    cols = [f"loc.{k}.{m}" for k in LOC_METHODS for m in LOC_METRICS
-            if any(row["values"].get(f"loc.{k}.{m}", {}).get("n") for row in rows)]
+    cols = [c for c in localization_keys({k for row in rows for k in row["values"]})
+            if any(row["values"].get(c, {}).get("n") for row in rows)]
     if not cols:
         return None
     body, classes = [], []

@@ -124,8 +124,11 @@ class RunResults:
     # ---- localization ------------------------------------------------------------------------------------
     def localization_totals(self) -> dict[str, float | None]:
         data = self.localization or {}
+        # csg's maps first, then every other scored method of the file (captum:NAME), in its order
+        methods = [k for k in LOC_METHODS if k in data] + [k for k in data if k not in LOC_METHODS
+                                                            and isinstance(data[k], dict) and "total" in data[k]]
         return {f"loc.{k}.{m}": _num((data.get(k) or {}).get("total", {}).get(m))
-                for k in LOC_METHODS if isinstance(data.get(k), dict) for m in LOC_METRICS}
+                for k in methods if isinstance(data.get(k), dict) for m in LOC_METRICS}
 
     def localization_items(self) -> dict[str, np.ndarray] | None:
         return self._arrays(self.localization, LOCALIZATION_ARRAYS)
@@ -292,9 +295,18 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
     return result, runs
 
 
+def localization_keys(keys) -> list[str]:
+    """The ``loc.METHOD.METRIC`` keys among ``keys``: csg's maps first (GradMap, ActivMap, CAM), then the
+    others (``captum:NAME``) by name; within a method Avg-IoU, AP20, AP30."""
+    found = {k for k in keys if k.startswith("loc.")}
+    methods = sorted({k.split(".")[1] for k in found},
+                     key=lambda m: (LOC_METHODS.index(m) if m in LOC_METHODS else len(LOC_METHODS), m))
+    return [f"loc.{m}.{x}" for m in methods for x in LOC_METRICS if f"loc.{m}.{x}" in found]
+
+
 def _metric_keys(keys: list[str]) -> list[str]:
     """The metrics compared against STD, in the page's order."""
-    extra = sorted(k for k in keys if k.startswith(("loc.", "detection.", "blackbox.", "graph.")))
+    extra = localization_keys(keys) + sorted(k for k in keys if k.startswith(("detection.", "blackbox.", "graph.")))
     return [k for k in MAIN_METRICS if k in keys or k == "gap_closed"] + extra
 
 
@@ -342,7 +354,8 @@ def metric_label(key: str) -> str:
         return MAIN_METRICS[key][0]
     if key.startswith("loc."):
         _, m, which = key.split(".")
-        return f"{LOC_LABELS.get(m, m)} {METRIC_LABELS.get(which, which)}"
+        name = LOC_LABELS.get(m) or (f"{m.split(':', 1)[1]} (Captum)" if m.startswith("captum:") else m)
+        return f"{name} {METRIC_LABELS.get(which, which)}"
     if key.startswith("detection."):
         _, attack, size = key.split(".", 2)
         return f"{attack} detector error @{size}/class"

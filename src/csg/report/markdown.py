@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .comparison import LOC_METHODS, LOC_METRICS, MAIN_METRICS, metric_label
+from .comparison import MAIN_METRICS, localization_keys, metric_label
 
 
 
@@ -67,8 +67,7 @@ def comparison_markdown(result: dict, *, method_order: list[str] | None = None) 
                                                          ("gap_closed", 1, 100.0)]))
     parts.append(block("Gate agreement", [("gate_mi_agreement", 3, 1.0), ("gate_activation_agreement", 3, 1.0)]))
     keys = sorted({k for r in rows for k in r["values"]})
-    loc = [f"loc.{k}.{m}" for k in LOC_METHODS for m in LOC_METRICS]
-    loc += [k for k in keys if k.startswith("loc.") and k not in loc]
+    loc = localization_keys(keys)
     parts.append(block("Localization", [(k, 3, 1.0) for k in loc]))
     parts.append(block("Detector error", [(k, 2, 100.0) for k in keys if k.startswith("detection.")]))
     parts.append(block("Black-box success", [(k, 1, 100.0) for k in keys if k.startswith("blackbox.")]))

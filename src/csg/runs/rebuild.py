@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..backbones import build_model
+from ..core.errors import CsgError
 from ..core.named_model import BUILDER_KEY, HEAD_KEY, KWARGS_KEY, build_named_model
 from ..methods import build_method
 from ..training.checkpoint import restore_checkpoint
@@ -18,6 +19,10 @@ def load_model_from_run(run, device: str = "cpu"):
     """
     raw = run.config
     cfg = TrainConfig.from_dict(raw)
+    if raw.get("model_object") and not raw.get(BUILDER_KEY):
+        raise CsgError(f"{run.path} was trained with a network object passed from Python ({raw['model_object']}), "
+                       "which commands cannot rebuild; train it with TrainConfig(model_builder='module:factory', "
+                       "model_kwargs={...}, feature_layer=..., head=...) or csg train --model, so that they can")
     if raw.get(BUILDER_KEY):
         model = build_named_model(raw, num_classes=raw["num_classes"], in_channels=raw.get("in_channels"),
                                   image_size=raw.get("image_size"), input_mean=raw["input_mean"],

@@ -208,7 +208,11 @@ class Trainer:
             model = build_model(cfg.arch, self.train_set.num_classes, self.train_set.in_channels,
                                 input_mean=self.train_set.mean, input_std=self.train_set.std,
                                 small_input=cfg.small_input)
-        elif model.num_classes != self.train_set.num_classes:
+        elif not cfg.model_builder:
+            # a network object from Python: commands cannot rebuild it, so the run says what it was
+            net = getattr(model, "backbone", model)
+            self.model_object = f"{type(net).__module__}:{type(net).__qualname__}"
+        if model.num_classes != self.train_set.num_classes:
             raise CsgError(f"the model has {model.num_classes} classes but {cfg.data} has "
                            f"{self.train_set.num_classes}; build it with num_classes={self.train_set.num_classes}")
         self.model = model
@@ -290,6 +294,7 @@ class Trainer:
                    input_mean=list(self.train_set.mean), input_std=list(self.train_set.std),
                    num_filters=self.model.num_filters, feature_layer=self.model.feature_layer,
                    train_size=len(self.train_set), test_size=len(self.test_set), data_source=self.data_source,
+                   model_object=getattr(self, "model_object", None),
                    versions=package_versions(), command=" ".join(sys.argv))
         return cfg
 
