@@ -249,6 +249,22 @@ def test_localize_pipeline_perfect_filter():
         assert res[m]["total"]["avg_iou"] == res[m]["avg_iou"]
 
 
+def test_localize_says_its_estimate_up_front_without_a_progress_bar(capsys):
+    """``--no-progress`` (logs of long runs) still gets each method's first-batch estimate, on stderr."""
+    from csg.data.dataset import ImageDataset
+
+    n = 6
+    masks = torch.zeros(n, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    images = torch.stack([masks, ~masks], 1).to(torch.uint8) * 255
+    ds = ImageDataset(name="fashion-mnist-clutter", images=images, labels=torch.arange(n) % 2,
+                      classes=["a", "b"], masks=masks)
+    model = GatedClassifier(_MaskFilterNet(), "", 2, num_filters=2).eval()
+    localize(model, ds, ["activmap", "cam"], batch_size=3, in_channels=2, progress=False)
+    err = capsys.readouterr().err
+    assert "activmap: about" in err and "cam: about" in err and f"for {n} images" in err
+
+
 def test_localize_rejects_data_without_masks_and_mismatch():
     from csg.data.dataset import ImageDataset
 

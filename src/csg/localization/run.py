@@ -77,7 +77,7 @@ def score_method(method: MapMethod, model, dataset, index: torch.Tensor, *, batc
         return it
 
     timer = _FirstBatchEstimate(method.name, (index.numel() + bs - 1) // bs, 3 if rule.needs_fit else 1,
-                                index.numel(), enabled=progress)
+                                index.numel(), enabled=True)  # said even with --no-progress (logs of long runs)
     while rule.needs_fit:  # the dataset-wide level per filter: a histogram pass, then the values near it
         for _, x, y, _ in loop(f"{method.name} levels"):
             rule.update(method(model, x, y))
