@@ -76,10 +76,10 @@ class RunDir:
 
     def load_dataset(self, split: str = "test", **overrides):
         """The dataset this run was trained on (``split`` = ``"train"`` or ``"test"``)."""
-        from ..data import dataset_options, load_dataset
+        from ..data import PYTHON_SOURCE, dataset_options, load_dataset
 
         cfg = self.config
-        if cfg.get("data_source") == "python":
+        if cfg.get("data_source") == PYTHON_SOURCE:
             raise CsgError(f"{self.path} was trained on your own data from Python (config.json: data_source = "
                            f"python), which csg cannot reload by name; pass it from Python, e.g. "
                            f"csg.evaluate_run(csg.RunDir({str(self.path)!r}), dataset=my_test_set)")

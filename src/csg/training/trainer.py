@@ -37,7 +37,8 @@ from ..backbones import build_model
 from ..core.model import GatedClassifier
 from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG, TENSORBOARD_DIR
 from ..core.named_model import build_named_model, import_builder
-from ..data import PYTHON_SOURCE, Augment, as_image_dataset, available_datasets, dataset_options, is_csg_dataset, load_dataset
+from ..data import (PYTHON_SOURCE, Augment, as_image_dataset, available_datasets, dataset_options, is_csg_dataset,
+                    load_dataset)
 from ..methods import build_method
 from ..methods.schedule import STD
 from ..metrics import mutual_information_matrix
@@ -182,12 +183,10 @@ class Trainer:
         if train_set is not None and not is_csg_dataset(train_set):
             train_set = as_image_dataset(train_set, name="train_set")
         if test_set is not None and not is_csg_dataset(test_set):
-            known = train_set if train_set is not None else None
-            test_set = as_image_dataset(test_set, name="test_set",
-                                        num_classes=None if known is None else known.num_classes,
-                                        classes=None if known is None else list(known.classes),
-                                        mean=None if known is None else known.mean,
-                                        std=None if known is None else known.std)
+            # the test set takes the training set's classes and normalisation when there is one
+            like = {} if train_set is None else dict(num_classes=train_set.num_classes, classes=list(train_set.classes),
+                                                     mean=train_set.mean, std=train_set.std)
+            test_set = as_image_dataset(test_set, name="test_set", **like)
         if self.data_source == PYTHON_SOURCE and (train_set is None or test_set is None):
             missing = "test_set" if test_set is None else "train_set"
             raise CsgError(f"{missing} is missing: with your own data give both train_set= and test_set= "
@@ -200,6 +199,7 @@ class Trainer:
             cfg.data, "test", data_dir=cfg.data_dir, subset=cfg.test_subset, seed=cfg.seed, **options)
         self._check_data()
         self.method = build_method(cfg, self.train_set.num_classes)
+        self.model_object = None  # "module:Class" of a network object passed from Python, which commands cannot rebuild
         if model is None and cfg.model_builder:
             model = build_named_model(cfg.to_dict(), num_classes=self.train_set.num_classes,
                                       in_channels=self.train_set.in_channels, image_size=self.train_set.image_size,
@@ -294,7 +294,7 @@ class Trainer:
                    input_mean=list(self.train_set.mean), input_std=list(self.train_set.std),
                    num_filters=self.model.num_filters, feature_layer=self.model.feature_layer,
                    train_size=len(self.train_set), test_size=len(self.test_set), data_source=self.data_source,
-                   model_object=getattr(self, "model_object", None),
+                   model_object=self.model_object,
                    versions=package_versions(), command=" ".join(sys.argv))
         return cfg
 
