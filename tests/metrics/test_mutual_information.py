@@ -15,6 +15,20 @@ from csg.metrics import (accuracy, gap_closed, gate_mi_agreement, indicator_entr
                          mis_ceiling, mutual_information_matrix, per_class_accuracy)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def both_paths(request, monkeypatch):
+    """Run a test on the numba kernel and on the whole-array numpy path: both must equal scikit-learn."""
+    from csg.metrics import mutual_information as M
+
+    if request.param == "compiled" and M._compiled_kernel() is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setitem(M._KERNEL, "use", "auto" if request.param == "compiled" else "numpy")
+    return request.param
+
+
+uses_both_paths = pytest.mark.usefixtures("both_paths")
+
+
 def sklearn_matrix(x, y, num_classes, n_neighbors=3, random_state=0):
     """The reference: one mutual_info_classif call per class with the target y == c."""
     return np.stack([mutual_info_classif(x, y == c, n_neighbors=n_neighbors, random_state=random_state)
@@ -29,12 +43,14 @@ def class_dependent_features(n, k, c, seed):
     return x, y
 
 
+@uses_both_paths
 @pytest.mark.parametrize("n,k,c", [(400, 6, 10), (250, 5, 3), (40, 3, 6)])
 def test_mi_matrix_equals_sklearn_per_class(n, k, c):
     x, y = class_dependent_features(n, k, c, seed=n)
     np.testing.assert_allclose(mutual_information_matrix(x, y), sklearn_matrix(x, y, c), atol=1e-9)
 
 
+@uses_both_paths
 def test_mi_matrix_with_ties_tiny_classes_and_other_settings():
     rng = np.random.default_rng(3)
     y = np.concatenate([rng.integers(0, 4, 200), [4], [5, 5, 5]])  # a singleton and a 3-member class
@@ -45,6 +61,7 @@ def test_mi_matrix_with_ties_tiny_classes_and_other_settings():
         np.testing.assert_allclose(mutual_information_matrix(x, y, **kwargs), ref, atol=1e-9)
 
 
+@uses_both_paths
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(12, 90), k=st.integers(1, 4), c=st.integers(2, 5), seed=st.integers(0, 10_000))
 def test_mi_matrix_property_matches_sklearn(n, k, c, seed):
@@ -66,6 +83,7 @@ def test_mi_matrix_absent_class_column_is_zero():
     np.testing.assert_array_equal(m[:, 3:], 0.0)
 
 
+@uses_both_paths
 def test_mi_matrix_with_duplicates_constant_and_signed_features():
     # repeated samples (distance-0 neighbours), a constant non-zero filter (ties in the noise's last
     # bits), signed and coarsely rounded values (ties among distances)
@@ -77,6 +95,7 @@ def test_mi_matrix_with_duplicates_constant_and_signed_features():
     np.testing.assert_allclose(mutual_information_matrix(x, y), sklearn_matrix(x, y, 5), atol=1e-9)
 
 
+@uses_both_paths
 def test_mi_matrix_with_class_dominated_neighbourhoods_and_small_classes():
     # class 0 fills a stretch of filter 0 (lists crowded by one class), class 1 is nearly everything
     # in the second problem, and classes of 2K + 1 and 2K + 2 members sit on either side of the
@@ -91,6 +110,7 @@ def test_mi_matrix_with_class_dominated_neighbourhoods_and_small_classes():
     np.testing.assert_allclose(mutual_information_matrix(x, y_big), sklearn_matrix(x, y_big, 2), atol=1e-9)
 
 
+@uses_both_paths
 def test_mi_matrix_many_classes_and_threads():
     x, y = class_dependent_features(900, 5, 60, seed=4)  # ~15 members per class, some of 7 or fewer
     full = mutual_information_matrix(x, y, num_classes=60)
@@ -98,6 +118,7 @@ def test_mi_matrix_many_classes_and_threads():
     np.testing.assert_array_equal(mutual_information_matrix(x, y, num_classes=60, n_jobs=2, chunk_size=1), full)
 
 
+@uses_both_paths
 def test_mi_kernel_with_exact_ties_matches_sklearn_estimator():
     # the noise makes exact ties rare; without it (integer values, repeated samples) every tie and
     # distance-0 path of the kernel runs. Reference: scikit-learn's own estimator for one pair.
@@ -112,6 +133,14 @@ def test_mi_kernel_with_exact_ties_matches_sklearn_estimator():
     X[y == 3, 0] = 2.0  # a class piled on one value
     ref = np.array([[_compute_mi_cd(X[:, k], y == c, 3) for c in range(4)] for k in range(4)])
     np.testing.assert_allclose(_mi_from_prepared(X, y, 4, 3), ref, atol=1e-9)
+
+
+def test_compiled_kernel_is_used_where_numba_is_installed():
+    # a kernel that fails to import would fall back to the numpy path silently; the speed rests on it
+    pytest.importorskip("numba")
+    from csg.metrics import mutual_information as M
+
+    assert M._compiled_kernel() is not None
 
 
 def test_sort_rows_and_prev_float_match_numpy():
@@ -189,6 +218,7 @@ def test_accuracies():
     np.testing.assert_allclose(per_class_accuracy(p, y, 4), [0.5, 1.0, 0.0, np.nan])
 
 
+@uses_both_paths
 def test_mi_matrix_threads_and_default_jobs_are_bit_identical(monkeypatch):
     import csg.metrics.mutual_information as mi_mod
 
@@ -251,6 +281,7 @@ def test_resort_rows_sorts_light_and_heavy_rows():
     np.testing.assert_array_equal(np.sort(order, axis=1), np.broadcast_to(np.arange(500), (4, 500)))
 
 
+@uses_both_paths
 def test_block_mi_with_and_without_presort_agree_bit_for_bit():
     from csg.metrics.mutual_information import _block_mi, _layout, _sort_rows
 

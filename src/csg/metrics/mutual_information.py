@@ -22,6 +22,11 @@ What scikit-learn (1.9.1) does, per call, and how it is reproduced here:
 5. ``MI = psi(n) + <psi(k_i)> - <psi(n_{l_i})> - <psi(m_i)>``, clipped at 0,
    ``n`` and the means over the kept samples.
 
+The sums of step 5 for every class are computed by a compiled walk over each
+sorted row (``_mi_kernel``, numba) where numba is installed, and otherwise by the
+whole-array numpy passes below (``CSG_MI_KERNEL=numpy`` forces them); both give
+scikit-learn's counts exactly.
+
 In one dimension the neighbours are order statistics: each column is sorted
 once (an int64 sort of packed keys; rows padded with -inf / +inf so that
 distances past a row's ends are inf) and reused for every class.
@@ -810,6 +815,23 @@ def _negative_radius_excluding(s, ys, b, p, c, K):
     return m_out
 
 
+_KERNEL = {"use": os.environ.get("CSG_MI_KERNEL", "auto")}
+
+
+def _compiled_kernel():
+    """The numba kernel (``_mi_kernel``), or None where numba is missing or ``CSG_MI_KERNEL=numpy``
+    asks for the whole-array numpy path (the same sums; tests run both)."""
+    if _KERNEL["use"] == "numpy":
+        return None
+    if "module" not in _KERNEL:
+        try:
+            from . import _mi_kernel
+        except ImportError:  # numba is not installed (or not for this Python): the numpy path
+            _mi_kernel = None
+        _KERNEL["module"] = _mi_kernel
+    return _KERNEL["module"]
+
+
 def _block_mi(Xb: np.ndarray, y: np.ndarray, lay: _Layout, order0=None) -> np.ndarray:
     """MI (B, C) for the filters in rows of ``Xb`` (B, n); ``order0``: an argsort of its rows
     before the noise (``_resort_rows``), or None."""
@@ -825,12 +847,15 @@ def _block_mi(Xb: np.ndarray, y: np.ndarray, lay: _Layout, order0=None) -> np.nd
     ys = ysp[:, pad:pad + n]
     ys[...] = y[order]
     del order
-    row_start = (np.arange(B) * (n + 2 * pad) + pad)[:, None]  # flat index of each row's first sample
-    flat, cls_flat = sp.ravel(), ysp.ravel()
-
-    SP = _positive_sums(s, flat, row_start, ys, lay)
-    SQ = (_negative_sums(s, flat, cls_flat, row_start, ys, lay) if lay.regular.any()
-          else np.zeros((B, C)))
+    kernel = _compiled_kernel()
+    if kernel is not None:
+        SP, SQ = kernel.class_sums(s, ys, K, lay.counts.astype(np.int64), lay.regular, psi)
+    else:
+        row_start = (np.arange(B) * (n + 2 * pad) + pad)[:, None]  # flat index of each row's first sample
+        flat, cls_flat = sp.ravel(), ysp.ravel()
+        SP = _positive_sums(s, flat, row_start, ys, lay)
+        SQ = (_negative_sums(s, flat, cls_flat, row_start, ys, lay) if lay.regular.any()
+              else np.zeros((B, C)))
 
     nP = lay.counts.astype(np.int64)
     nQ = n - nP
