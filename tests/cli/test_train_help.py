@@ -35,3 +35,15 @@ def test_every_config_option_shows_exactly_one_default():
             assert shown is not None, action.dest
             assert action.help.count("[") == 0, f"{action.option_strings[0]} writes a default by hand"
     assert "[alternate]" not in text
+
+
+def test_other_commands_show_value_defaults_but_none_on_flags():
+    # argparse's own formatter printed "--no-progress  no progress bar (default: True)", which reads as if
+    # progress bars were off by default
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("localize", "atlas", "graph"):
+        text = " ".join(sub[name].format_help().split())
+        assert "(default: True)" not in text and "(default: False)" not in text, name
+        assert re.search(r"--no-progress no progress bar(?! \(default)", text), name
+    assert re.search(r"--max-images N\|all .*?\(default: 1000\)", " ".join(sub["localize"].format_help().split()))

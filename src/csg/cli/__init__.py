@@ -17,6 +17,16 @@ COMMANDS = ("train", "evaluate", "analyze", "localize", "attack", "explain", "gr
             "experiment", "prepare")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's ``(default: ...)`` on options that take a value; none on on/off flags, whose default
+    is what happens without them (``--no-progress  (default: True)`` would read as the opposite)."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..core.version import __version__
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from . import DefaultsFormatter
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("atlas", help="a page with one card per filter: top images, maps, class, ablation effect",
@@ -13,7 +15,7 @@ def add_parser(sub) -> None:
                                    "they agree, its MI row, selectivity and per-class ablation drop, and, on data with "
                                    "object masks, its dissection IoU with the object and with the clutter. Writes "
                                    "RUN/atlas/index.html (opens offline from the file system).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("run", metavar="RUN", help="run directory (after `csg evaluate`; `csg analyze` results are reused)")
     p.add_argument("--out", metavar="DIR", default=None, help="page folder [RUN/atlas]")
     p.add_argument("--layers", default="", metavar="L1,L2",

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import math
 
+from . import DefaultsFormatter
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="explain predictions on image files (filters, gates, maps)",
                        description="For each image: the prediction, the filters that contributed most to it "
                                    "(W[c,k] * a_k), their gate classes (CSG runs: G[c,k] > 0.5) and their "
                                    "ActivMap and GradMap, written as NAME.png and NAME.json.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--top", type=int, default=5, help="number of filters to show")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from . import DefaultsFormatter
+
 
 def _floats(text: str, flag: str) -> list[float]:
     from ..core.errors import CsgError
@@ -25,7 +27,7 @@ def add_parser(sub) -> None:
                                    "location instability and 1-/3-shot part localization against the data's "
                                    "landmarks (fashion-mnist-clutter), nodes against raw filters. Writes "
                                    "RUN/graph.json, RUN/graph.npz and RUN/figures/graph_*.png.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--layers", default=None,
                    help="comma-separated layer names of the backbone, bottom to top [its last three blocks, "

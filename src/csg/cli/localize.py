@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import math
 
+from . import DefaultsFormatter
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("localize", help="score GradMap / ActivMap / CAM regions against object masks",
                        description="Compute each method's maps on a dataset with object masks, turn them into "
                                    "regions, score IoU and AP20/AP30 per filter and class (METHOD.md section 5) "
                                    "and write RUN/localization.json and overlay figures in RUN/figures/.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data", metavar="NAME", default=None,
                    help="dataset with masks: fashion-mnist-clutter or voc-animals [the run's data]")

@@ -5,6 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
+from . import DefaultsFormatter
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prepare", help="prepare a dataset with object masks (PASCAL VOC animals)",
@@ -12,7 +14,7 @@ def add_parser(sub) -> None:
                                    "VOC 2010 to a square around its box, resize to SIZE, split 70/30 by image, "
                                    "and write DIR/voc_animals.npz (train with --data voc-animals --data-dir DIR; "
                                    "with DIR = $CSG_DATA_DIR, the default, no --data-dir is needed).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("kind", choices=("voc",), help="which dataset")
     p.add_argument("path", metavar="PATH", help="the VOC2010 folder (or the VOCdevkit folder above it)")
     p.add_argument("--out", metavar="DIR", default=None,
