@@ -200,6 +200,38 @@ def test_compare_table_aggregates_seeds_and_closes_the_gap(fake_runs, tmp_path):
     assert "csg analyze" in text  # csg-s1 was not analysed
 
 
+def test_recorded_runs_of_an_earlier_comparison_join_a_new_one(fake_runs, tmp_path):
+    # seed 0 compared (and its run directories gone), seed 1 trained later: the second comparison takes the
+    # first one's comparison.json for seed 0 and pairs the seeds as if every run directory were there
+    import shutil
+
+    from csg.cli import main
+    from csg.report.comparison import compare
+
+    first = tmp_path / "first"
+    copies = {n: tmp_path / "gone" / n for n in ("csg-s0", "std-s0")}
+    for n, dst in copies.items():
+        shutil.copytree(fake_runs[n].path, dst)
+    compare_runs([copies["csg-s0"], copies["std-s0"]], first)
+    shutil.rmtree(tmp_path / "gone")
+    std1 = RunDir(make_fake_run(tmp_path / "std-s1", "std", 1))
+    direct, _ = compare([fake_runs["csg-s0"].path, fake_runs["std-s0"].path, fake_runs["csg-s1"].path, std1.path])
+    merged, _ = compare([first / "comparison.json", fake_runs["csg-s1"].path, std1.path])
+    assert [r["label"] for r in merged["runs"]] == ["csg-s0", "std-s0", "csg-s1", "std-s1"]
+    assert merged["runs"][0]["recorded_in"] == str(first / "comparison.json")
+    d_direct = {(d["method"], d["metric"]): d for d in direct["differences"]}
+    d_merged = {(d["method"], d["metric"]): d for d in merged["differences"]}
+    for key in (("csg", "accuracy"), ("csg", "mis"), ("csg", "gap_closed")):
+        assert d_merged[key]["kind"] == "t" and d_merged[key]["seeds"] == [0, 1]
+        for field in ("mean", "low", "high"):
+            assert d_merged[key][field] == pytest.approx(d_direct[key][field], rel=1e-12)
+    # the page and its tables are written for the mixture too; a file that is not a comparison is refused
+    assert main(["compare", str(first / "comparison.json"), str(std1.path), "--out", str(tmp_path / "m")]) == 0
+    assert_images_resolve(tmp_path / "m" / "index.html")
+    (tmp_path / "other.json").write_text('{"schema": "csg.localization/2"}')
+    assert main(["compare", str(tmp_path / "other.json"), "--out", str(tmp_path / "x")]) == 2
+
+
 def test_compare_cli_prints_the_page(fake_runs, tmp_path, capsys):
     from csg.cli import main
 

@@ -9,7 +9,9 @@ def add_parser(sub) -> None:
                        description="One row per method (seeds aggregated as mean ± std): accuracy, MIS, gap "
                                    "closed vs STD, gate-MI agreement, L1-density, localization and adversarial "
                                    "results when present, the paper's CIFAR-10 rows, and figures side by side.")
-    p.add_argument("runs", metavar="RUN", nargs="+", help="run directories")
+    p.add_argument("runs", metavar="RUN", nargs="+",
+                   help="run directories, or comparison.json files of earlier comparisons: their recorded runs "
+                        "join this one (more seeds, without keeping the old run directories)")
     p.add_argument("--out", required=True, help="output folder for index.html, comparison.json and figures/")
     p.set_defaults(func=run)
 

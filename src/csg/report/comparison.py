@@ -163,6 +163,54 @@ class RunResults:
         return self.run.features() if self.run.has(FEATURES) else None
 
 
+class RecordedRun:
+    """A run known by the values an earlier comparison recorded (an entry of its ``comparison.json``),
+    whose directory may be gone: it joins the rows and the per-seed differences like a run directory,
+    and has no figures, pages or per-image arrays (so no one-seed bootstrap)."""
+
+    def __init__(self, entry: dict, source: Path):
+        try:
+            self.label = str(entry["label"])
+            self.method, self.data, self.arch = str(entry["method"]), str(entry["data"]), str(entry["arch"])
+            recorded = dict(entry["values"])
+        except (KeyError, TypeError, ValueError):
+            raise CsgError(f"{source}: a run entry lacks label, method, data, arch or values; pass a "
+                           "comparison.json written by csg compare") from None
+        self.seed = entry.get("seed")
+        self.path = Path(str(entry.get("path") or self.label))
+        self.source = source
+        recorded.pop("gap_closed", None)  # recomputed against the STD runs of this comparison
+        self._values = {k: _num(v) for k, v in recorded.items()}
+        self.notes: list[str] = []
+        self.run = self.analysis = self.localization = self.adversarial = self.graph = None
+        self.num_classes = None
+
+    @property
+    def ceiling(self) -> float | None:
+        return self._values.get("mis_ceiling")
+
+    def values(self) -> dict[str, float | None]:
+        return dict(self._values)
+
+    def localization_items(self):
+        return None
+
+    def adversarial_items(self):
+        return None
+
+    def features(self):
+        return None
+
+
+def recorded_runs(path: Path) -> list[RecordedRun]:
+    """The runs of an earlier ``comparison.json`` (schema ``csg.comparison/2``)."""
+    data = _read_json(path)
+    if data is None or data.get("schema") != SCHEMA or not isinstance(data.get("runs"), list):
+        raise CsgError(f"{path} is not a comparison.json of csg compare (schema {SCHEMA}); pass run directories "
+                       "or such a file")
+    return [RecordedRun(entry, path) for entry in data["runs"] if isinstance(entry, dict)]
+
+
 # ---- one-seed intervals from the items behind each number ------------------------------------------------
 def _mis_of(pooled: np.ndarray, labels: np.ndarray, C: int) -> float:
     return float(mutual_information_matrix(pooled, labels, num_classes=C).max(axis=1).mean())
@@ -263,7 +311,9 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
     """The comparison of the runs at ``paths`` (the content of ``comparison.json``) and the runs read."""
     if not paths:
         raise CsgError("no runs given; usage: csg compare RUN [RUN ...] --out DIR")
-    runs = [RunResults(Path(p)) for p in paths]
+    runs: list = []
+    for p in map(Path, paths):  # a comparison.json brings the runs it recorded
+        runs.extend(recorded_runs(p) if p.is_file() and p.suffix == ".json" else [RunResults(p)])
     unique_labels(runs)
     per_run = {r.label: r.values() for r in runs}
     # the STD baseline's mean MIS per (data, arch): each run's gap closed is measured against it
@@ -290,7 +340,8 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
     notes = [n for r in runs for n in r.notes]
     result = {"schema": SCHEMA, "baseline": BASELINE,
               "runs": [{"label": r.label, "path": str(r.path), "method": r.method, "data": r.data, "arch": r.arch,
-                        "seed": r.seed, "values": per_run[r.label]} for r in runs],
+                        "seed": r.seed, "values": per_run[r.label],
+                        **({"recorded_in": str(r.source)} if isinstance(r, RecordedRun) else {})} for r in runs],
               "rows": rows, "differences": differences, "notes": notes}
     return result, runs
 
