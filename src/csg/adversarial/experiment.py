@@ -190,7 +190,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                         blackbox_options: dict[str, dict] | None = None, query_budget: int | None = None,
                         blocks: Sequence[str] | None = None, n_estimators: int = 100, jobs: int | None = None,
                         progress: bool = True, dataset=None, train_dataset=None,
-                        on_estimate: Callable[[dict], None] | None = None) -> AdversarialResult:
+                        on_estimate: Callable[[dict], None] | None = None,
+                        fold_batchnorm: bool = True) -> AdversarialResult:
     """Run the whole adversarial experiment on a run directory and return its result (nothing is written).
 
     ``success_samples`` (default ``test_size`` x classes) sets the size of the
@@ -200,7 +201,9 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     (the black-box part is an upper bound: every image at its full budget). ``dataset`` /
     ``train_dataset``: your own test / train images instead of the run's splits (a torch ``Dataset`` of
     ``(image, label)``, a ``DataLoader`` or a csg dataset); without a train set the detector's training
-    pairs come from the test split.
+    pairs come from the test split. ``fold_batchnorm``: the attacks' passes go through a copy of the
+    model with each batch norm folded into its convolution (the same function, ~1.5x faster on a CPU;
+    ``csg.core.fold``); success is always judged on the model itself.
     """
     attacks, blackbox, train_sizes = check_settings(
         attacks=attacks, train_sizes=train_sizes, test_size=test_size, repeats=repeats,
@@ -225,6 +228,13 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
         p.requires_grad_(False)  # only input gradients are needed
     notes: list[str] = []
     num_classes = int(model.num_classes)
+    attack_model, n_folded = model, 0
+    if fold_batchnorm:
+        from ..core.fold import folded_copy
+
+        probe = test_ds.images[:4].to(dev)
+        probe = probe.float() / 255.0 if not probe.is_floating_point() else probe.float()
+        attack_model, n_folded = folded_copy(model, probe, protected=(getattr(model, "_feature_module", None),))
     # The success sample defaults to as many images as the detector's test pairs (1000 at the paper's 100 per
     # class), most of which it attacks anyway: a fixed sample that costs little beyond the pairs.
     success_samples = int(success_samples) if success_samples is not None else int(test_size) * num_classes
@@ -257,7 +267,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
             "batch_size": int(batch_size), "attack_options": attack_options, "blackbox_options": blackbox_options,
             "query_budget": query_budget, "blackbox_budget": budgets, "n_estimators": int(n_estimators),
             "jobs": int(jobs), "detector_train_split": "train" if train_ds is not None else "test",
-            "detector_test_split": "test",
+            "detector_test_split": "test", "batchnorm_folded": int(n_folded),
         },
         "notes": notes,
     }
@@ -267,7 +277,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     works = {b: _BlackBoxWork(int(blackbox_samples), budgets[b]["max_queries_per_image"]) for b in blackbox}
     try:
         if attacks:
-            _white_box(summary, arrays, examples, meter, model, run, train_ds, test_images, test_labels, test_order,
+            _white_box(summary, arrays, examples, meter, model, attack_model.logits, run, train_ds, test_images, test_labels, test_order,
                        attacks=attacks, train_sizes=train_sizes, test_size=int(test_size), repeats=int(repeats),
                        success_samples=int(success_samples), targeted=targeted, successful_only=successful_only,
                        seed=int(seed), dev=dev, batch_size=int(batch_size), attack_options=attack_options,
@@ -278,7 +288,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
             on_estimate({"white_box_seconds": 0.0, "detector_seconds": 0.0, "black_box_seconds": float("nan"),
                          "seconds": float("nan"), "passes_per_second": float("nan")})
         if blackbox:
-            _black_box(summary, arrays, examples, meter, works, model, test_images, test_labels, test_order,
+            _black_box(summary, arrays, examples, meter, works, model, attack_model.logits, test_images, test_labels, test_order,
                        blackbox=blackbox, blackbox_samples=int(blackbox_samples), budgets=budgets,
                        blackbox_options=blackbox_options, query_budget=query_budget, seed=int(seed), dev=dev,
                        batch_size=int(batch_size))
@@ -289,7 +299,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     return AdversarialResult(summary, arrays, examples, classes)
 
 
-def _white_box(summary, arrays, examples, meter, model, run, train_ds, test_images, test_labels, test_order, *,
+def _white_box(summary, arrays, examples, meter, model, attack_logits, run, train_ds, test_images, test_labels, test_order, *,
                attacks, train_sizes, test_size, repeats, success_samples, targeted, successful_only, seed, dev,
                batch_size, attack_options, blocks, n_estimators, jobs, num_classes, later_work, progress,
                on_estimate) -> None:
@@ -310,7 +320,7 @@ def _white_box(summary, arrays, examples, meter, model, run, train_ds, test_imag
         opts = dict(attack_options.get(name, {}))
         if name == "pgd":
             opts.setdefault("seed", seed)
-        attack = build_attack(name, model.logits, batch_size=batch_size, **opts)
+        attack = build_attack(name, attack_logits, batch_size=batch_size, **opts)
         attack.on_passes = meter.add
         cost = AttackCost(num_classes, attack.budget_passes)
         common = dict(num_classes=num_classes, cost=cost, successful_only=successful_only, batch_size=batch_size,
@@ -434,7 +444,7 @@ def _summarise_attack(p, summary, arrays, examples, *, num_classes, test_size, l
         examples[name] = test_c.example
 
 
-def _black_box(summary, arrays, examples, meter, works, model, test_images, test_labels, test_order, *, blackbox,
+def _black_box(summary, arrays, examples, meter, works, model, attack_logits, test_images, test_labels, test_order, *, blackbox,
                blackbox_samples, budgets, blackbox_options, query_budget, seed, dev, batch_size) -> None:
     chosen = _first_correct(model, test_images, test_labels, test_order, blackbox_samples, batch_size, dev)
     if len(chosen) < blackbox_samples:
@@ -455,7 +465,7 @@ def _black_box(summary, arrays, examples, meter, works, model, test_images, test
         opts.setdefault("seed", seed)
         opts.setdefault("batch_size", batch_size)  # model calls of --batch-size images, not the attacks' 1024
         t0 = time.time()
-        res = BLACKBOX[name](model.logits, x.to(dev), y.to(dev), on_queries=lambda q: meter.add(q * FORWARD), **opts)
+        res = BLACKBOX[name](attack_logits, x.to(dev), y.to(dev), on_queries=lambda q: meter.add(q * FORWARD), **opts)
         works[name].done_images, works[name].queries = len(chosen), int(res.queries.sum())
         meter.estimate(list(works.values()))
         norms = perturbation_norms(x, res.images.cpu())
