@@ -381,6 +381,48 @@ def test_success_rate_is_measured_on_a_fixed_sample_not_on_the_pair_collection()
     assert cost.usable.sum() / cost.attacked.sum() < 0.3
 
 
+class CostlyFailureAttack(ClassRateAttack):
+    """ClassRateAttack whose failures cost 10 passes and successes 2, as CW's do (every c run to its end)."""
+
+    def perturb(self, images, labels, targets):
+        out = super().perturb(images, labels, targets)
+        flip = images[:, 0, 0, 1] < self.rates[labels]
+        self._sample_passes = torch.where(flip, 2.0, 10.0)
+        self._count(int(self._sample_passes.sum()) - len(images))  # the parent counted one pass each
+        return out
+
+
+def test_work_estimate_after_the_first_batch_is_unbiased_for_a_class_that_resists():
+    # Class 0 falls 90% of the time, class 1 15%; a failure costs 5x a success. 150 pairs per class need ~170
+    # images of class 0 and ~1000 of class 1, nearly all failures. One mean cost per image and a yield pulled
+    # towards the mean put the total ~40% short after the first batch. Over seeds (the first batch's own
+    # sampling noise is ~25%), the median error of the estimate must stay within 15%.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[:, 0] = torch.tensor([-10.0, 10.0])
+        model[1].bias.copy_(torch.tensor([5.0, -5.0]))
+    feats = BlockFeatures(model, ["1"], forward_fn=model)
+    errors = []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        labels = torch.as_tensor(rng.permutation(np.repeat([0, 1], 3000)))
+        images = torch.zeros(6000, 1, 2, 2)
+        images[:, 0, 0, 0] = 0.25 + 0.5 * labels
+        images[:, 0, 0, 1] = torch.as_tensor(rng.random(6000), dtype=torch.float32)
+        attack = CostlyFailureAttack(model, [0.9, 0.15])
+        done = []
+        attack.on_passes = done.append
+        collector = PairCollector(feats, attack, images, labels, None, np.arange(6000), per_class=150,
+                                  num_classes=2, cost=AttackCost(2, 10), batch_size=256, on_passes=done.append)
+        collector.step()
+        first = sum(done) + collector.remaining_passes()
+        collector.run()
+        assert np.bincount(collector.pool()["labels"]).tolist() == [150, 150]
+        errors.append(first / sum(done) - 1)
+    assert abs(np.median(errors)) < 0.15, errors
+
+
 def test_wilson_interval_matches_scipy():
     from scipy.stats import binomtest
 

@@ -74,6 +74,8 @@ class Attack:
         self.model = model
         self.batch_size = batch_size
         self.passes = 0
+        self._sample_passes: torch.Tensor | None = None
+        self.last_sample_passes = torch.zeros(0)
         #: called with the number of passes just made (a progress bar's update), or ``None``
         self.on_passes: Callable[[int], None] | None = None
 
@@ -104,13 +106,19 @@ class Attack:
         bs = batch_size or self.batch_size or len(images) or 1
         if self.streams:
             bs = max(len(images), 1)  # the attack batches internally
-        out = []
+        out, spent = [], []
         for start in range(0, len(images), bs):
             x = images[start:start + bs].to(device, torch.float32)
             y = labels[start:start + bs].to(device)
             t = None if targets is None else targets[start:start + bs].to(device)
+            before, self._sample_passes = self.passes, None
             adv = self.perturb(x, y, t).detach()
             out.append(adv.to(home))
+            # an attack whose samples cost different numbers of passes (CW's early stops) sets its own
+            spent.append(self._sample_passes if self._sample_passes is not None
+                         else torch.full((len(x),), (self.passes - before) / max(len(x), 1)))
+        #: passes each input of the last call cost (a cost model of the work left needs them per sample)
+        self.last_sample_passes = torch.cat(spent).float().cpu() if spent else torch.zeros(0)
         return torch.cat(out) if out else images.clone()
 
     # shared helper
@@ -292,6 +300,7 @@ class CarliniWagnerL2(Attack):
             vec["hit"] = torch.cat([vec["hit"], torch.zeros(k, dtype=torch.bool, device=dev)])
             idx = torch.cat([idx, rows])
 
+        spent = torch.zeros(n, dtype=torch.long, device=dev)  # passes per input
         queue = torch.arange(n, device=dev)
         start_rows(queue[:width])
         queue = queue[width:]
@@ -308,6 +317,7 @@ class CarliniWagnerL2(Attack):
                 f, success = self._margin(logits, y_all[idx], None if t_all is None else t_all[idx])
                 (grad_f,) = torch.autograd.grad((vec["const"] * f).sum(), xg)
             self._count(len(idx))
+            spent[idx] += 1
             with torch.no_grad():
                 delta = x - x0
                 l2 = delta.flatten(1).pow(2).sum(1)
@@ -352,6 +362,7 @@ class CarliniWagnerL2(Attack):
                         if free and len(queue):
                             start_rows(queue[:free])
                             queue = queue[free:]
+        self._sample_passes = spent
         return best_adv
 
     def _end_search_step(self, end_c, vec, state, x_all, idx) -> None:

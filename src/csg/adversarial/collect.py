@@ -48,10 +48,12 @@ def within_class_rank(labels: np.ndarray) -> np.ndarray:
 class AttackCost:
     """What one attack has cost so far, shared by its collectors to estimate the work left.
 
-    ``attacked`` / ``usable`` per class: images attacked for pairs and those
-    that gave a usable pair (before the per-class cap), whose ratio predicts how
-    many more images a class needs; ``passes`` / ``images``: model passes per
-    attacked image (the attack's budget until the first batch has run).
+    ``attacked`` / ``usable`` per class: images attacked for pairs and those that gave a usable pair
+    (before the per-class cap), whose ratio predicts how many more images a class needs; ``passes`` /
+    ``images``: model passes per attacked image (the attack's budget until the first batch has run);
+    ``success_*`` / ``fail_*``: the same split by outcome, because an image the attack fails on costs
+    more (CW runs every value of c to its end on it): a class that resists needs more images *and*
+    dearer ones, which one average cost per image misses (the estimate then grew during a run).
     """
 
     num_classes: int
@@ -59,21 +61,42 @@ class AttackCost:
     attacked: np.ndarray = field(init=False)
     usable: np.ndarray = field(init=False)
     images: int = 0
-    passes: int = 0
+    passes: float = 0
+    success_images: int = 0
+    success_passes: float = 0.0
+    fail_images: int = 0
+    fail_passes: float = 0.0
 
     def __post_init__(self):
         self.attacked = np.zeros(self.num_classes, dtype=np.int64)
         self.usable = np.zeros(self.num_classes, dtype=np.int64)
 
+    def add_outcomes(self, sample_passes: np.ndarray, success: np.ndarray) -> None:
+        """Record the passes each attacked image cost and whether the attack succeeded on it."""
+        sample_passes, success = np.asarray(sample_passes, dtype=np.float64), np.asarray(success, dtype=bool)
+        self.success_images += int(success.sum())
+        self.success_passes += float(sample_passes[success].sum())
+        self.fail_images += int((~success).sum())
+        self.fail_passes += float(sample_passes[~success].sum())
+
     def passes_per_image(self) -> float:
         return self.passes / self.images if self.images else float(self.budget_passes)
 
-    def yield_per_class(self, prior: float = 10.0) -> np.ndarray:
+    def passes_per_image_by_class(self, success_rate: np.ndarray) -> np.ndarray:
+        """Expected passes of one attacked image of each class: ``r_c s + (1 - r_c) f`` with ``s`` / ``f``
+        the mean cost of a success / failure so far and ``r_c`` the class's success rate."""
+        overall = self.passes_per_image()
+        s = self.success_passes / self.success_images if self.success_images else overall
+        f = self.fail_passes / self.fail_images if self.fail_images else overall
+        return success_rate * s + (1.0 - success_rate) * f
+
+    def yield_per_class(self, prior: float = 3.0) -> np.ndarray:
         """Usable pairs per attacked image, per class, shrunk towards the attack's overall yield.
 
         ``(usable_c + prior * Y) / (attacked_c + prior)`` with ``Y`` the overall
         yield (1 before any image), so a class seen a few times is not taken at
-        its raw ratio; never below one in a million.
+        its raw ratio; never below one in a million. The prior is small: images needed go as
+        ``1 / yield``, so pulling a resisting class towards the mean underestimates the work.
         """
         overall = (self.usable.sum() + 1.0) / (self.attacked.sum() + 1.0)
         return np.maximum((self.usable + prior * overall) / (self.attacked + prior), 1e-6)
@@ -117,12 +140,19 @@ class PairCollector:
         """Estimated passes still to make: images left to attack times passes per image, plus the features."""
         if self.finished:
             return 0.0
-        per_image = self.cost.passes_per_image() + 2 * FORWARD
-        # Images a class still needs, but never more than the split still holds of it.
+        y = self.cost.yield_per_class()
+        # Per class: the images it still needs (never more than the split still holds of it), each at the
+        # cost of that class's mix of successes and failures (every image gives a pair without
+        # successful_only: then the attack's mean cost).
+        per_image = (self.cost.passes_per_image_by_class(y) if self.successful_only
+                     else np.full(self.num_classes, self.cost.passes_per_image())) + 2 * FORWARD
         available = np.bincount(self.labels_np[self.order[self.pos:]], minlength=self.num_classes)
-        left = np.minimum(self.remaining / self.cost.yield_per_class(), available)
-        images = max(float(left.sum()), float(self.sample_size - self.correct_seen))
-        return min(images, float(len(self.order) - self.pos)) * per_image
+        left = np.minimum(self.remaining / y, available)
+        pair_passes = float((left * per_image).sum())
+        sample_passes = float(self.sample_size - self.correct_seen) * (self.cost.passes_per_image() + 2 * FORWARD)
+        passes, images = max(pair_passes, sample_passes), max(float(left.sum()), 0.0)
+        room = float(len(self.order) - self.pos)  # never more images than the order has left
+        return passes * min(1.0, room / images) if images > room else passes
 
     # ---------------------------------------------------------------- work
     def _forward(self, x: torch.Tensor):
@@ -152,12 +182,20 @@ class PairCollector:
             chunk = self.order[self.pos:self.pos + size]
             self.pos += len(chunk)
         else:
-            # Only classes that still need pairs; a full batch of them keeps the attack at its batch size.
+            # Only classes that still need pairs, and of each no more than it is expected to need: the chunk
+            # ends before the first image past a class's quota (nothing is skipped, so a class's pairs stay
+            # its first usable images). A whole batch of a class that needs a few more pairs was attacked
+            # before, each image at up to the attack's budget.
             rest = self.order[self.pos:]
             hits = np.flatnonzero(self.remaining[self.labels_np[rest]] > 0)[:size]
             if hits.size == 0:
                 self.pos = len(self.order)
                 return 0
+            lab_h = self.labels_np[rest[hits]]
+            quota = np.ceil(self.remaining / self.cost.yield_per_class() * 1.05).astype(np.int64) + 1
+            over = np.flatnonzero(within_class_rank(lab_h) >= quota[lab_h])
+            if over.size:
+                hits = hits[:max(1, int(over[0]))]
             chunk = rest[hits]
             self.pos += int(hits[-1]) + 1
         idx = torch.as_tensor(chunk)
@@ -186,6 +224,7 @@ class PairCollector:
         self.images_attacked += len(attack_rows)
         self.cost.images += len(attack_rows)
         self.cost.passes += self.attack.passes - before
+        self.cost.add_outcomes(self.attack.last_sample_passes.numpy(), success)
 
         sample_rows = in_sample[attack_rows]
         if sample_rows.any():
