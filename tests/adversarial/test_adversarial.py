@@ -353,14 +353,20 @@ class ClassRateAttack(Attack):
         return out
 
 
-def test_success_rate_is_measured_on_a_fixed_sample_not_on_the_pair_collection():
-    # Class 0 falls 90% of the time, class 1 10%, equally many images: the success rate is 0.5. Collecting
-    # 100 pairs per class attacks ~111 images of class 0 and ~1000 of class 1, i.e. 200 / 1111 = 0.18.
+def _pixel_zero_classifier() -> nn.Module:
+    """Two classes on 2 x 2 images: class 1 when pixel (0, 0) > 1/2."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
     with torch.no_grad():
         model[1].weight.zero_()
         model[1].weight[:, 0] = torch.tensor([-10.0, 10.0])
-        model[1].bias.copy_(torch.tensor([5.0, -5.0]))  # class 1 when pixel 0 > 1/2
+        model[1].bias.copy_(torch.tensor([5.0, -5.0]))
+    return model
+
+
+def test_success_rate_is_measured_on_a_fixed_sample_not_on_the_pair_collection():
+    # Class 0 falls 90% of the time, class 1 10%, equally many images: the success rate is 0.5. Collecting
+    # 100 pairs per class attacks ~111 images of class 0 and ~1000 of class 1, i.e. 200 / 1111 = 0.18.
+    model = _pixel_zero_classifier()
     rng = np.random.default_rng(0)
     labels = torch.as_tensor(rng.permutation(np.repeat([0, 1], 1200)))
     images = torch.zeros(2400, 1, 2, 2)
@@ -397,11 +403,7 @@ def test_work_estimate_after_the_first_batch_is_unbiased_for_a_class_that_resist
     # images of class 0 and ~1000 of class 1, nearly all failures. One mean cost per image and a yield pulled
     # towards the mean put the total ~40% short after the first batch. Over seeds (the first batch's own
     # sampling noise is ~25%), the median error of the estimate must stay within 15%.
-    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
-    with torch.no_grad():
-        model[1].weight.zero_()
-        model[1].weight[:, 0] = torch.tensor([-10.0, 10.0])
-        model[1].bias.copy_(torch.tensor([5.0, -5.0]))
+    model = _pixel_zero_classifier()
     feats = BlockFeatures(model, ["1"], forward_fn=model)
     errors = []
     for seed in range(8):
