@@ -49,19 +49,17 @@ class AttackCost:
     """What one attack has cost so far, shared by its collectors to estimate the work left.
 
     ``attacked`` / ``usable`` per class: images attacked for pairs and those that gave a usable pair
-    (before the per-class cap), whose ratio predicts how many more images a class needs; ``passes`` /
-    ``images``: model passes per attacked image (the attack's budget until the first batch has run);
-    ``success_*`` / ``fail_*``: the same split by outcome, because an image the attack fails on costs
-    more (CW runs every value of c to its end on it): a class that resists needs more images *and*
-    dearer ones, which one average cost per image misses (the estimate then grew during a run).
+    (before the per-class cap), whose ratio predicts how many more images a class needs;
+    ``success_*`` / ``fail_*``: the images attacked and the model passes they cost, split by outcome,
+    because an image the attack fails on costs more (CW runs every value of c to its end on it): a
+    class that resists needs more images *and* dearer ones, which one average cost per image misses
+    (the estimate then grew during a run). ``images`` / ``passes`` are their sums.
     """
 
     num_classes: int
     budget_passes: int
     attacked: np.ndarray = field(init=False)
     usable: np.ndarray = field(init=False)
-    images: int = 0
-    passes: float = 0
     success_images: int = 0
     success_passes: float = 0.0
     fail_images: int = 0
@@ -78,6 +76,14 @@ class AttackCost:
         self.success_passes += float(sample_passes[success].sum())
         self.fail_images += int((~success).sum())
         self.fail_passes += float(sample_passes[~success].sum())
+
+    @property
+    def images(self) -> int:
+        return self.success_images + self.fail_images
+
+    @property
+    def passes(self) -> float:
+        return self.success_passes + self.fail_passes
 
     def passes_per_image(self) -> float:
         return self.passes / self.images if self.images else float(self.budget_passes)
@@ -150,7 +156,7 @@ class PairCollector:
         left = np.minimum(self.remaining / y, available)
         pair_passes = float((left * per_image).sum())
         sample_passes = float(self.sample_size - self.correct_seen) * (self.cost.passes_per_image() + 2 * FORWARD)
-        passes, images = max(pair_passes, sample_passes), max(float(left.sum()), 0.0)
+        passes, images = max(pair_passes, sample_passes), float(left.sum())
         room = float(len(self.order) - self.pos)  # never more images than the order has left
         return passes * min(1.0, room / images) if images > room else passes
 
@@ -216,15 +222,12 @@ class PairCollector:
         rows_t = torch.as_tensor(attack_rows, device=x.device)
         xs, ys = x[rows_t], y[rows_t]
         ts = None if t is None else t[rows_t]
-        before = self.attack.passes
         adv = self.attack(xs, ys, ts)
         f_adv, logits_adv = self._forward(adv)
         success = is_adversarial(logits_adv, ys, ts).cpu().numpy()
         ids, lab_a = chunk[attack_rows], lab[attack_rows]
         self.images_attacked += len(attack_rows)
-        self.cost.images += len(attack_rows)
-        self.cost.passes += self.attack.passes - before
-        self.cost.add_outcomes(self.attack.last_sample_passes.numpy(), success)
+        self.cost.add_outcomes(self.attack.last_sample_passes.numpy(), success)  # sums to the call's passes
 
         sample_rows = in_sample[attack_rows]
         if sample_rows.any():

@@ -232,9 +232,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     if fold_batchnorm:
         from ..core.fold import folded_copy
 
-        probe = test_ds.images[:4].to(dev)
-        probe = probe.float() / 255.0 if not probe.is_floating_point() else probe.float()
-        attack_model, n_folded = folded_copy(model, probe, protected=(getattr(model, "_feature_module", None),))
+        attack_model, n_folded = folded_copy(model, test_images[:4].to(dev).float() / 255.0,
+                                             protected=(getattr(model, "_feature_module", None),))
     # The success sample defaults to as many images as the detector's test pairs (1000 at the paper's 100 per
     # class), most of which it attacks anyway: a fixed sample that costs little beyond the pairs.
     success_samples = int(success_samples) if success_samples is not None else int(test_size) * num_classes
@@ -277,7 +276,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     works = {b: _BlackBoxWork(int(blackbox_samples), budgets[b]["max_queries_per_image"]) for b in blackbox}
     try:
         if attacks:
-            _white_box(summary, arrays, examples, meter, model, attack_model.logits, run, train_ds, test_images, test_labels, test_order,
+            _white_box(summary, arrays, examples, meter, model, attack_model.logits, run, train_ds, test_images,
+                       test_labels, test_order,
                        attacks=attacks, train_sizes=train_sizes, test_size=int(test_size), repeats=int(repeats),
                        success_samples=int(success_samples), targeted=targeted, successful_only=successful_only,
                        seed=int(seed), dev=dev, batch_size=int(batch_size), attack_options=attack_options,
@@ -288,7 +288,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
             on_estimate({"white_box_seconds": 0.0, "detector_seconds": 0.0, "black_box_seconds": float("nan"),
                          "seconds": float("nan"), "passes_per_second": float("nan")})
         if blackbox:
-            _black_box(summary, arrays, examples, meter, works, model, attack_model.logits, test_images, test_labels, test_order,
+            _black_box(summary, arrays, examples, meter, works, model, attack_model.logits, test_images, test_labels,
+                       test_order,
                        blackbox=blackbox, blackbox_samples=int(blackbox_samples), budgets=budgets,
                        blackbox_options=blackbox_options, query_budget=query_budget, seed=int(seed), dev=dev,
                        batch_size=int(batch_size))
@@ -299,7 +300,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     return AdversarialResult(summary, arrays, examples, classes)
 
 
-def _white_box(summary, arrays, examples, meter, model, attack_logits, run, train_ds, test_images, test_labels, test_order, *,
+def _white_box(summary, arrays, examples, meter, model, attack_logits, run, train_ds, test_images, test_labels,
+               test_order, *,
                attacks, train_sizes, test_size, repeats, success_samples, targeted, successful_only, seed, dev,
                batch_size, attack_options, blocks, n_estimators, jobs, num_classes, later_work, progress,
                on_estimate) -> None:
@@ -445,7 +447,8 @@ def _summarise_attack(p, summary, arrays, examples, *, num_classes, test_size, l
         examples[name] = test_c.example
 
 
-def _black_box(summary, arrays, examples, meter, works, model, attack_logits, test_images, test_labels, test_order, *, blackbox,
+def _black_box(summary, arrays, examples, meter, works, model, attack_logits, test_images, test_labels, test_order, *,
+               blackbox,
                blackbox_samples, budgets, blackbox_options, query_budget, seed, dev, batch_size) -> None:
     chosen = _first_correct(model, test_images, test_labels, test_order, blackbox_samples, batch_size, dev)
     if len(chosen) < blackbox_samples:

@@ -23,8 +23,9 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
-def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor, forward) -> list[tuple[str, str]]:
-    """``(conv name, batch-norm name)`` pairs where the batch norm consumed the convolution's output."""
+def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor, forward) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """``(conv name, batch-norm name)`` pairs where the batch norm consumed the convolution's output, and
+    ``forward(probe)``."""
     calls: list[tuple[str, str, int, int]] = []  # (kind, name, id(input), id(output)), in call order
     alive: list[torch.Tensor] = []  # every output stays referenced, so no id is reused during the pass
     handles = []
@@ -39,7 +40,7 @@ def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor, forward) -> list[tuple
             handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            forward(probe)
+            out = forward(probe)
     finally:
         for h in handles:
             h.remove()
@@ -55,7 +56,7 @@ def _conv_bn_pairs(model: nn.Module, probe: torch.Tensor, forward) -> list[tuple
         conv = produced.get(in_id)
         if conv is not None and count[name] == 1 and count[conv] == 1:
             pairs.append((conv, name))
-    return pairs
+    return pairs, out
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -72,10 +73,9 @@ def folded_copy(model: nn.Module, probe: torch.Tensor, *, forward_name: str = "l
     if model.training:
         raise ValueError("fold batch norm only in eval mode (it uses the running statistics)")
     keep = {id(m) for m in protected if m is not None}
-    pairs = [(c, b) for c, b in _conv_bn_pairs(model, probe, getattr(model, forward_name))
+    pairs, want = _conv_bn_pairs(model, probe, getattr(model, forward_name))
+    pairs = [(c, b) for c, b in pairs
              if id(model.get_submodule(c)) not in keep and id(model.get_submodule(b)) not in keep]
-    with torch.no_grad():
-        want = getattr(model, forward_name)(probe)
     for fold in ([pairs, []] if pairs else [[]]):  # without folding when a folded pair changed the function
         fast = copy.deepcopy(model)
         for conv_name, bn_name in fold:
