@@ -89,7 +89,7 @@ def _paired_figures(runs: list[RunResults], attr: str, out: Path, figdir: Path, 
                     fig_entries: list[dict]) -> str:
     """One row per figure name, one column per run with the result; a method none of whose runs has it
     gets one note with the command."""
-    runs = [r for r in runs if r.run is not None]  # recorded runs (an earlier comparison.json) have no figures
+    runs = [r for r in runs if r.recorded_in is None]  # recorded runs (an earlier comparison.json) have no figures
     have = {(r.data, r.arch, r.method) for r in runs if getattr(r, attr) is not None}
     shown, seen = [], set()
     for r in runs:
@@ -238,8 +238,8 @@ def _runs_table(runs: list[RunResults], per_run: dict, out: Path) -> str:
         for what, target in (("report", r.path / REPORT_DIR / "index.html"), ("atlas", r.path / ATLAS_DIR / "index.html")):
             if target.is_file():
                 links.append(f'<a href="{H.rel_src(target, out)}">{what}</a>')
-        if getattr(r, "source", None) is not None:
-            links.append(f"recorded in {H.esc(r.source)}")
+        if r.recorded_in is not None:
+            links.append(f"recorded in {H.esc(r.recorded_in)}")
         rows.append([H.esc(r.label), H.esc(r.method), H.esc(str(r.seed)), H.fmt(v.get("accuracy")), H.fmt(v.get("mis")),
                      H.fmt(v.get("gap_closed"), 3), H.fmt(v.get("gate_mi_agreement"), 3),
                      H.fmt(v.get("gate_activation_agreement"), 3), H.fmt(v.get("l1_density")), H.fmt(v.get("c_ic")),
@@ -321,7 +321,7 @@ def _matrix_sections(runs: list[RunResults], out: Path, figdir: Path, fig_entrie
     kinds = [("gate", "Gate"), ("mi", "MI matrix"), ("correlation", "Filter weight correlation"),
              ("removal", "Class-filter removal")]
     paired: dict[str, list[str]] = {k: [] for k, _ in kinds}
-    for r in (r for r in runs if r.run is not None):  # recorded runs have no files to draw from
+    for r in (r for r in runs if r.recorded_in is None):  # recorded runs have no files to draw from
         drawn = matrix_figures(r.run, r.run.gate(), r.run.mi_matrix() if r.run.has(MI_MATRIX) else None, figdir,
                                prefix=f"{r.slug}_")
         for kind in ("gate", "mi"):

@@ -71,6 +71,7 @@ class RunResults:
         self.arch = str(self.cfg.get("model_builder") or self.cfg.get("arch", "?"))  # --model: its factory
         self.seed = self.cfg.get("seed")
         self.label = self.path.resolve().name
+        self.recorded_in: Path | None = None  # a run directory, not an earlier comparison's record
         self.notes: list[str] = []
         self.analysis = _read_json(self.path / ANALYSIS)
         self.localization = self._schema(LOCALIZATION, "csg.localization/2", "localize")
@@ -178,7 +179,7 @@ class RecordedRun:
                            "comparison.json written by csg compare") from None
         self.seed = entry.get("seed")
         self.path = Path(str(entry.get("path") or self.label))
-        self.source = source
+        self.recorded_in: Path | None = source
         recorded.pop("gap_closed", None)  # recomputed against the STD runs of this comparison
         self._values = {k: _num(v) for k, v in recorded.items()}
         self.notes: list[str] = []
@@ -341,7 +342,7 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
     result = {"schema": SCHEMA, "baseline": BASELINE,
               "runs": [{"label": r.label, "path": str(r.path), "method": r.method, "data": r.data, "arch": r.arch,
                         "seed": r.seed, "values": per_run[r.label],
-                        **({"recorded_in": str(r.source)} if isinstance(r, RecordedRun) else {})} for r in runs],
+                        **({"recorded_in": str(r.recorded_in)} if r.recorded_in is not None else {})} for r in runs],
               "rows": rows, "differences": differences, "notes": notes}
     return result, runs
 

@@ -104,7 +104,7 @@ def graph_compare_section(runs: Sequence, out: Path, figdir: Path, fig_entries: 
     ``path``; returns "" when none has a graph."""
     have = []
     for r in runs:  # a few runs
-        if getattr(r, "source", None) is not None:  # recorded in an earlier comparison: no files
+        if getattr(r, "recorded_in", None) is not None:  # recorded in an earlier comparison: no files
             continue
         path = Path(r.path) / GRAPH_JSON
         if path.is_file():
