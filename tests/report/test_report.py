@@ -230,6 +230,7 @@ def test_recorded_runs_of_an_earlier_comparison_join_a_new_one(fake_runs, tmp_pa
     assert_images_resolve(tmp_path / "m" / "index.html")
     (tmp_path / "other.json").write_text('{"schema": "csg.localization/2"}')
     assert main(["compare", str(tmp_path / "other.json"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["compare", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_compare_cli_prints_the_page(fake_runs, tmp_path, capsys):

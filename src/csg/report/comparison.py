@@ -314,7 +314,9 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
         raise CsgError("no runs given; usage: csg compare RUN [RUN ...] --out DIR")
     runs: list = []
     for p in map(Path, paths):  # a comparison.json brings the runs it recorded
-        runs.extend(recorded_runs(p) if p.is_file() and p.suffix == ".json" else [RunResults(p)])
+        if p.suffix == ".json" and not p.exists():
+            raise CsgError(f"{p}: no such file; pass run directories or comparison.json files of csg compare")
+        runs.extend(recorded_runs(p) if p.suffix == ".json" and p.is_file() else [RunResults(p)])
     unique_labels(runs)
     per_run = {r.label: r.values() for r in runs}
     # the STD baseline's mean MIS per (data, arch): each run's gap closed is measured against it
