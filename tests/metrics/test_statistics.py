@@ -17,6 +17,10 @@ def test_paired_t_interval_equals_scipy():
     assert got.excludes_zero == (lo > 0)
     one = paired_t_interval([0.3])
     assert one.n == 1 and math.isnan(one.low) and not one.excludes_zero
+    # equal differences: sd 0 would give [d, d], "excluding 0" on two seeds; no interval is claimed instead
+    same = paired_t_interval([0.011, 0.011, 0.011 + 1e-17])
+    assert same.mean == pytest.approx(0.011) and math.isnan(same.low) and math.isnan(same.high)
+    assert same.kind == "t, equal differences" and not same.excludes_zero
 
 
 def test_wilson_interval_hand_value():

@@ -44,6 +44,21 @@ def test_differences_are_paired_by_seed_with_a_t_interval(tmp_path):
     assert row["values"]["gap_closed"]["mean"] == pytest.approx(np.mean(want))
 
 
+def test_equal_differences_over_seeds_claim_no_interval(tmp_path):
+    # the clutter runs: CSG - STD accuracy was +0.011 in both seeds; sd 0 gave a zero-width "decided" interval
+    paths = [_run(tmp_path / "std-seed0", "std", 0, 0.8175, 0.2), _run(tmp_path / "std-seed1", "std", 1, 0.8200, 0.2),
+             _run(tmp_path / "csg-seed0", "csg", 0, 0.8285, 0.25), _run(tmp_path / "csg-seed1", "csg", 1, 0.8310, 0.27)]
+    result, _ = compare(paths)
+    acc = next(d for d in result["differences"] if d["metric"] == "accuracy")
+    assert acc["per_seed"] == pytest.approx([0.011, 0.011]) and acc["n"] == 2
+    assert acc["kind"] == "t, equal differences" and not acc["excludes_zero"]
+    assert acc["low"] != acc["low"]                       # NaN: no bound
+    mis = next(d for d in result["differences"] if d["metric"] == "mis")
+    assert mis["kind"] == "t" and mis["high"] > mis["low"]   # unequal differences keep their t interval
+    from csg.report.markdown import comparison_markdown
+    assert "[no interval: 2 equal differences]" in comparison_markdown(result)
+
+
 def test_one_seed_accuracy_difference_bootstraps_the_same_test_images(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 3000)

@@ -215,6 +215,9 @@ def test_recorded_runs_of_an_earlier_comparison_join_a_new_one(fake_runs, tmp_pa
     compare_runs([copies["csg-s0"], copies["std-s0"]], first)
     shutil.rmtree(tmp_path / "gone")
     std1 = RunDir(make_fake_run(tmp_path / "std-s1", "std", 1))
+    metrics = json.loads((std1.path / "metrics.json").read_text())   # seed 1's differences unlike seed 0's
+    metrics.update(accuracy=metrics["accuracy"] - 0.01, mis=metrics["mis"] - 0.003)
+    (std1.path / "metrics.json").write_text(json.dumps(metrics))
     direct, _ = compare([fake_runs["csg-s0"].path, fake_runs["std-s0"].path, fake_runs["csg-s1"].path, std1.path])
     merged, _ = compare([first / "comparison.json", fake_runs["csg-s1"].path, std1.path])
     assert [r["label"] for r in merged["runs"]] == ["csg-s0", "std-s0", "csg-s1", "std-s1"]
@@ -227,6 +230,10 @@ def test_recorded_runs_of_an_earlier_comparison_join_a_new_one(fake_runs, tmp_pa
             assert d_merged[key][field] == pytest.approx(d_direct[key][field], rel=1e-12)
     # the page and its tables are written for the mixture too; a file that is not a comparison is refused
     assert main(["compare", str(first / "comparison.json"), str(std1.path), "--out", str(tmp_path / "m")]) == 0
+    # recorded again (the mixture's comparison.json as input): each run keeps the file it was first recorded in
+    again, _ = compare([tmp_path / "m" / "comparison.json"])
+    assert [r.get("recorded_in") for r in again["runs"]] == [str(first / "comparison.json")] * 2 + \
+        [str(tmp_path / "m" / "comparison.json")]
     assert_images_resolve(tmp_path / "m" / "index.html")
     (tmp_path / "other.json").write_text('{"schema": "csg.localization/2"}')
     assert main(["compare", str(tmp_path / "other.json"), "--out", str(tmp_path / "x")]) == 2

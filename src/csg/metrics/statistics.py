@@ -2,7 +2,7 @@
 and binomial proportions.
 
 * :func:`paired_t_interval`: the mean of paired differences ``d_s`` (one per seed) with its 95%
-  t interval ``mean +- t_{0.975, n-1} * sd / sqrt(n)``.
+  t interval ``mean +- t_{0.975, n-1} * sd / sqrt(n)`` (none when every ``d_s`` is the same).
 * :func:`paired_bootstrap_interval`: one seed, items shared by both runs (the same test images):
   resample item indices with replacement, recompute the difference of a statistic, percentile interval.
 * :func:`subsample_interval`: for statistics that duplicates would bias (the k-nearest-neighbour MI
@@ -46,8 +46,18 @@ class Interval:
         return {**asdict(self), "excludes_zero": self.excludes_zero}
 
 
+#: the kind of a t interval that cannot be formed because every seed gave the same difference
+T_EQUAL = "t, equal differences"
+
+
 def paired_t_interval(differences, level: float = 0.95) -> Interval:
-    """Mean of the paired differences and its t interval (``n - 1`` degrees of freedom); n = 1 gives NaN bounds."""
+    """Mean of the paired differences and its t interval (``n - 1`` degrees of freedom).
+
+    n = 1 gives NaN bounds. So do n >= 2 equal differences (kind :data:`T_EQUAL`): their sample sd is 0 and
+    ``mean +- t * 0`` would be a zero-width interval that "excludes 0" on as few as two seeds. Equal values
+    come from a measurement's resolution (accuracy in steps of 1/N), not from a between-seed variance of 0,
+    so no interval is claimed; a reader needs more seeds.
+    """
     from scipy import stats
 
     d = np.asarray([x for x in differences if x is not None and np.isfinite(x)], dtype=np.float64)
@@ -57,7 +67,10 @@ def paired_t_interval(differences, level: float = 0.95) -> Interval:
     mean = float(d.mean())
     if n < 2:
         return Interval(mean, math.nan, math.nan, n, "t")
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    sd = float(d.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # rounding noise of equal values counts as equal
+        return Interval(mean, math.nan, math.nan, n, T_EQUAL)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
     return Interval(mean, mean - half, mean + half, n, "t")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..core.run_files import ATLAS_DIR, FIGURES, MI_MATRIX, REPORT_DIR
-from ..metrics import mis_ceiling
+from ..metrics import T_EQUAL, mis_ceiling
 from . import figures as F
 from . import html as H
 from . import sections as S
@@ -63,6 +63,8 @@ def difference_cell(d: dict | None, digits: int = 4, scale: float = 1.0) -> str:
     text = _signed(d["mean"], digits, scale)
     if np.isfinite(d["low"]) and np.isfinite(d["high"]):
         text += f" [{_signed(d['low'], digits, scale)}, {_signed(d['high'], digits, scale)}]"
+    elif d.get("kind") == T_EQUAL:
+        text += f" [no interval: {d['n']} equal differences]"
     else:
         text += " [no interval]"
     if d.get("excludes_zero"):

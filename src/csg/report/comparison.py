@@ -179,7 +179,8 @@ class RecordedRun:
                            "comparison.json written by csg compare") from None
         self.seed = entry.get("seed")
         self.path = Path(str(entry.get("path") or self.label))
-        self.recorded_in: Path | None = source
+        # re-recorded (a comparison.json of comparison.json files) keeps the file it was first recorded in
+        self.recorded_in: Path | None = Path(entry["recorded_in"]) if entry.get("recorded_in") else source
         recorded.pop("gap_closed", None)  # recomputed against the STD runs of this comparison
         self._values = {k: _num(v) for k, v in recorded.items()}
         self.notes: list[str] = []

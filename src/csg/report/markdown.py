@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from ..metrics import T_EQUAL
 from .comparison import MAIN_METRICS, localization_keys, metric_label
 
 
@@ -27,6 +28,8 @@ def _diff(d: dict | None, digits: int, scale: float = 1.0) -> str:
     text = f"{d['mean'] * scale:+.{digits}f}"
     if d.get("low") is not None and math.isfinite(d["low"]) and math.isfinite(d["high"]):
         text += f" [{d['low'] * scale:+.{digits}f}, {d['high'] * scale:+.{digits}f}]"
+    elif d.get("kind") == T_EQUAL:
+        text += f" [no interval: {d['n']} equal differences]"
     return text + (" ✓" if d.get("excludes_zero") else "")
 
 
