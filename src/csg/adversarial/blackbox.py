@@ -226,7 +226,7 @@ def local_search_attack(model: Model, images: torch.Tensor, labels: torch.Tensor
     if not 0 <= r <= 2:
         raise CsgError(f"local search needs 0 <= r <= 2 (the cyclic transformation), got r={r}")
     if d < 0 or t < 1 or rounds < 1 or k < 1 or not 0 < seed_fraction <= 1:
-        raise CsgError(f"local search needs d >= 0, t >= 1, rounds >= 1, k >= 1 and 0 < seed_fraction <= 1")
+        raise CsgError("local search needs d >= 0, t >= 1, rounds >= 1, k >= 1 and 0 < seed_fraction <= 1")
     rounds = local_search_rounds(images.shape[2] * images.shape[3], d=d, t=t, rounds=rounds,
                                  seed_fraction=seed_fraction, max_queries=max_queries)
     first, later = _round_costs(images.shape[2] * images.shape[3], d=d, t=t, seed_fraction=seed_fraction)

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..core.errors import CsgError
 from . import figures as figs
 from ._common import as_labels, class_means
-from .base import AnalysisInputs, AnalysisResult, Figure, figure, fmt, small
+from .base import AnalysisInputs, AnalysisResult, Figure, figure, fmt
 
 # Float rounding leaves cos(w, w) a hair below 1; treat entries within this of s as >= s.
 R_S_TOLERANCE = 1e-6

@@ -8,7 +8,6 @@ there is no other ``savefig`` in csg.
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Sequence
 

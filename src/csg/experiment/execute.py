@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -57,7 +56,6 @@ def run_local(tasks: list[Task], out: Path, *, jobs: int = 1, profile: str = "",
     logs.mkdir(parents=True, exist_ok=True)
     recorder = Recorder(out, profile, tasks)
     state = {t.id: ("done" if t.is_done() else "pending") for t in tasks}
-    by_id = {t.id: t for t in tasks}
     threads = max(1, _cores() // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     todo = sum(1 for s in state.values() if s == "pending")

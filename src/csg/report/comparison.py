@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.errors import CsgError
 from ..core.run_files import (ADVERSARIAL, ADVERSARIAL_ARRAYS, ANALYSIS, FEATURES, GRAPH, LOCALIZATION,
-                              LOCALIZATION_ARRAYS, MI_MATRIX)
+                              LOCALIZATION_ARRAYS)
 from ..metrics import (mis_ceiling, mutual_information_matrix, paired_bootstrap_mean_difference,
                        paired_t_interval, subsample_interval)
 from ..metrics.statistics import Interval, independent_bootstrap_mean_difference, paired_bootstrap_interval

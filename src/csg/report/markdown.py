@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from ..metrics import T_EQUAL
-from .comparison import MAIN_METRICS, localization_keys, metric_label
+from .comparison import localization_keys, metric_label
 
 
 
