@@ -478,6 +478,7 @@ def test_csg_attack_end_to_end(tiny_csg_run, capsys):
                                                        "max_queries_per_image": 800}
     paths = {fig["path"] for fig in data["figures"]}
     assert paths == {"figures/adversarial_examples.png", "figures/adversarial_detection.png"}
+    assert not list(tiny_csg_run.glob("adversarial.*.partial.npz"))  # the journals go once the result is written
     for path in paths:
         assert (tiny_csg_run / path).is_file()
     assert data["blocks"][0].startswith("backbone.layer1")
@@ -510,3 +511,42 @@ def test_csg_attack_rejects_bad_numbers_before_loading(tmp_path, capsys, flags, 
     assert main(["attack", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert named in err and len(err.splitlines()) == 1
+
+
+def test_csg_attack_resumes_an_interrupted_black_box_attack(tiny_csg_run, monkeypatch, capsys):
+    import csg.adversarial.experiment as experiment
+    from csg.adversarial.journal import journal_path
+    from csg.cli import main
+
+    argv = ["attack", str(tiny_csg_run), "--attacks", "none", "--blackbox", "one-pixel", "--blackbox-samples", "20",
+            "--op-population", "8", "--op-generations", "2", "--device", "cpu", "--no-progress", "--no-figures"]
+    assert main(argv) == 0
+    with np.load(tiny_csg_run / "adversarial.npz") as arrays:
+        whole = {k: arrays[k] for k in arrays.files}
+    assert len(whole["one-pixel.ids"]) == 20  # more than one piece of 16 images
+    real, calls = experiment.BLACKBOX["one-pixel"], []
+
+    def killed_after_first_piece(*args, index_offset, **kw):
+        calls.append(index_offset)
+        if index_offset > 0:
+            raise KeyboardInterrupt
+        return real(*args, index_offset=index_offset, **kw)
+
+    monkeypatch.setitem(experiment.BLACKBOX, "one-pixel", killed_after_first_piece)
+    assert main(argv) == 130
+    assert "finished black-box images are saved" in capsys.readouterr().err
+    assert journal_path(tiny_csg_run, "one-pixel").exists()
+
+    calls.clear()
+    monkeypatch.setitem(experiment.BLACKBOX, "one-pixel",
+                        lambda *a, index_offset, **kw: calls.append(index_offset) or real(
+                            *a, index_offset=index_offset, **kw))
+    assert main(argv) == 0
+    assert calls == [16]  # the first 16 images came from the journal
+    data = json.loads((tiny_csg_run / "adversarial.json").read_text())
+    assert any("resumed after 16 of 20 images" in note for note in data["notes"])
+    assert data["blackbox"]["one-pixel"]["resumed_images"] == 16
+    with np.load(tiny_csg_run / "adversarial.npz") as arrays:
+        for key in ("one-pixel.ids", "one-pixel.success", "one-pixel.queries"):
+            np.testing.assert_array_equal(arrays[key], whole[key])
+    assert not journal_path(tiny_csg_run, "one-pixel").exists()  # removed once the result is written

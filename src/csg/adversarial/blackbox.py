@@ -72,7 +72,7 @@ def one_pixel_generations(population: int, generations: int, max_queries: int | 
 @torch.no_grad()
 def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *, pixels: int = 1,
                      population: int = 400, max_iter: int = 100, max_queries: int | None = None,
-                     mutation: float = 0.5, recombination: float = 1.0, seed: int = 0,
+                     mutation: float = 0.5, recombination: float = 1.0, seed: int = 0, index_offset: int = 0,
                      batch_size: int = 256, on_queries: Callable[[int], None] | None = None) -> BlackBoxResult:
     """Change at most ``pixels`` pixels (all channels of each) to fool the model; one DE run per image.
 
@@ -90,6 +90,8 @@ def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *
     (:func:`one_pixel_generations`); a budget below one generation is refused.
     The generations run and the queries per image are returned in ``extra``;
     ``on_queries`` is called with the queries of every generation (a progress bar).
+    Image ``i`` is seeded by ``(seed, index_offset + i)``: attacking a sample in pieces, each with its
+    offset in the sample, gives the same result as attacking it at once (how a run resumes).
     """
     from scipy.optimize import differential_evolution
 
@@ -126,7 +128,7 @@ def one_pixel_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *
     for i in range(n):
         image = images[i].to(device, torch.float32)
         label = int(labels[i])
-        rng = np.random.default_rng([int(seed), i])
+        rng = np.random.default_rng([int(seed), int(index_offset) + i])
         init = rng.uniform(low, high, size=(population, dim))
         init[:, is_value] = np.clip(rng.normal(0.5, 127 / 255, size=(population, int(is_value.sum()))), 0, 1)
         state = {"queries": 0, "found": None, "generations": -1}
@@ -201,7 +203,7 @@ def local_search_rounds(hw: int, *, d: int, t: int, rounds: int, seed_fraction: 
 def local_search_attack(model: Model, images: torch.Tensor, labels: torch.Tensor, *, p: float = 10.0,
                         r: float = 1.5, d: int = 5, t: int = 5, rounds: int = 150, k: int = 1,
                         seed_fraction: float = 0.1, max_queries: int | None = None, seed: int = 0,
-                        batch_size: int = 256, images_per_batch: int = 16,
+                        index_offset: int = 0, batch_size: int = 256, images_per_batch: int = 16,
                         on_queries: Callable[[int], None] | None = None) -> BlackBoxResult:
     """LocSearchAdv (Narodytska & Kasiviswanathan 2017, Algorithm 3), batched over images, no gradients.
 
@@ -220,7 +222,9 @@ def local_search_attack(model: Model, images: torch.Tensor, labels: torch.Tensor
     ``LocalSearchAttack``. ``max_queries`` (per image) is rounded down to whole
     rounds (:func:`local_search_rounds`), stated in ``extra["rounds"]``.
     ``images_per_batch`` images are searched together (each round scores up to
-    ``t (2d+1)^2`` probes per image in batches of ``batch_size``).
+    ``t (2d+1)^2`` probes per image in batches of ``batch_size``). The batch starting at image ``s`` is
+    seeded by ``seed * 1000003 + index_offset + s``: pieces of a sample that start at multiples of
+    ``images_per_batch``, each with its offset, give the same result as the whole sample at once.
     """
     _check_images(images, labels)
     if not 0 <= r <= 2:
@@ -234,7 +238,8 @@ def local_search_attack(model: Model, images: torch.Tensor, labels: torch.Tensor
     for start in range(0, len(images), max(1, images_per_batch)):
         sl = slice(start, start + max(1, images_per_batch))
         parts.append(_local_search_batch(model, images[sl], labels[sl], p=p, r=r, d=d, t=t, rounds=rounds, k=k,
-                                         seed_fraction=seed_fraction, seed=int(seed) * 1_000_003 + start,
+                                         seed_fraction=seed_fraction,
+                                         seed=int(seed) * 1_000_003 + int(index_offset) + start,
                                          batch_size=batch_size, on_queries=on_queries))
     extra = {"p": p, "r": r, "d": d, "t": t, "rounds": rounds, "k": k, "seed_fraction": seed_fraction,
              "max_queries_per_image": first + (rounds - 1) * later}

@@ -38,6 +38,7 @@ from .attacks import ATTACKS, build_attack, perturbation_norms
 from .blackbox import BLACKBOX, local_search_rounds, one_pixel_generations
 from .collect import AttackCost, PairCollector
 from .detector import BlockFeatures, default_jobs, detection_experiment
+from .journal import PIECE, BlackBoxJournal, attack_in_pieces, fingerprint, model_fingerprint
 from .progress import FORWARD, WorkMeter
 from .stats import rate_summary
 from .targets import random_targets
@@ -191,8 +192,12 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                         blocks: Sequence[str] | None = None, n_estimators: int = 100, jobs: int | None = None,
                         progress: bool = True, dataset=None, train_dataset=None,
                         on_estimate: Callable[[dict], None] | None = None,
-                        fold_batchnorm: bool = True) -> AdversarialResult:
-    """Run the whole adversarial experiment on a run directory and return its result (nothing is written).
+                        fold_batchnorm: bool = True, journal_dir: str | None = None) -> AdversarialResult:
+    """Run the whole adversarial experiment on a run directory and return its result.
+
+    Nothing is written but, with ``journal_dir``, each black-box attack's progress
+    (:class:`~csg.adversarial.journal.BlackBoxJournal`), from which a later call with the same settings
+    resumes.
 
     ``success_samples`` (default ``test_size`` x classes) sets the size of the
     success-rate sample. Every option is checked before the model is loaded. ``on_estimate`` is
@@ -292,7 +297,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                        test_order,
                        blackbox=blackbox, blackbox_samples=int(blackbox_samples), budgets=budgets,
                        blackbox_options=blackbox_options, query_budget=query_budget, seed=int(seed), dev=dev,
-                       batch_size=int(batch_size))
+                       batch_size=int(batch_size), journal_dir=journal_dir)
     finally:
         meter.close()
     summary["seconds"] = round(time.time() - t_start, 3)
@@ -449,7 +454,8 @@ def _summarise_attack(p, summary, arrays, examples, *, num_classes, test_size, l
 
 def _black_box(summary, arrays, examples, meter, works, model, attack_logits, test_images, test_labels, test_order, *,
                blackbox,
-               blackbox_samples, budgets, blackbox_options, query_budget, seed, dev, batch_size) -> None:
+               blackbox_samples, budgets, blackbox_options, query_budget, seed, dev, batch_size,
+               journal_dir=None) -> None:
     chosen = _first_correct(model, test_images, test_labels, test_order, blackbox_samples, batch_size, dev)
     if len(chosen) < blackbox_samples:
         summary["notes"].append(f"black-box: only {len(chosen)} correctly classified test images "
@@ -459,6 +465,7 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
     for w in works.values():
         w.images = len(chosen)
     meter.estimate(list(works.values()))
+    model_key = model_fingerprint(model) if len(chosen) else None
     for name in blackbox:
         if x is None:
             summary["blackbox"][name] = {**rate_summary(0, 0), "budget": budgets[name]}
@@ -468,8 +475,19 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
             opts["max_queries"] = int(query_budget)
         opts.setdefault("seed", seed)
         opts.setdefault("batch_size", batch_size)  # model calls of --batch-size images, not the attacks' 1024
+        piece = int(opts.get("images_per_batch", PIECE))
+        key = fingerprint(attack=name, options=opts, device=str(dev), images=x, labels=y, model=model_key,
+                          piece=piece)
+        journal = BlackBoxJournal(journal_dir, name, key)
+        if journal.discarded:
+            summary["notes"].append(f"black-box {name}: {journal.discarded}")
+        if journal.resumed:
+            summary["notes"].append(f"black-box {name}: resumed after {journal.resumed} of {len(chosen)} images "
+                                    f"finished by an earlier run ({journal.path.name})")
+            meter.add(int(journal.arrays["queries"].sum()) * FORWARD)
         t0 = time.time()
-        res = BLACKBOX[name](attack_logits, x.to(dev), y.to(dev), on_queries=lambda q: meter.add(q * FORWARD), **opts)
+        res = attack_in_pieces(BLACKBOX[name], attack_logits, x.to(dev), y.to(dev), journal, piece=piece,
+                               on_queries=lambda q: meter.add(q * FORWARD), **opts)
         works[name].done_images, works[name].queries = len(chosen), int(res.queries.sum())
         meter.estimate(list(works.values()))
         norms = perturbation_norms(x, res.images.cpu())
@@ -481,7 +499,7 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
             "mean_queries": float(res.queries.float().mean()),
             "mean_l0_successful": float(norms["l0"][ok].float().mean()) if bool(ok.any()) else None,
             "budget": budgets[name], "seconds": round(time.time() - t0, 3),
-            "options": {**extra, **opts},
+            "resumed_images": int(journal.resumed), "options": {**extra, **opts},
         }
         arrays[f"{name}.ids"] = chosen
         arrays[f"{name}.success"] = ok.numpy().astype(bool)

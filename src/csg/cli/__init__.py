@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What an interrupted command kept, and how to go on (every write is atomic: nothing half-written remains).
+INTERRUPTED = {
+    "train": "finished epochs are saved, continue with --resume",
+    "experiment": "finished tasks are recorded; run the same command again to continue",
+    "attack": "finished black-box images are saved; run the same command again to continue them",
+    None: "files written before the interruption are complete; run the command again",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"csg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("csg: interrupted; finished epochs are saved, continue with --resume", file=sys.stderr)
+        print(f"csg: interrupted; {INTERRUPTED.get(getattr(args, 'command', None), INTERRUPTED[None])}",
+              file=sys.stderr)
         return 130
     except MemoryError:
         print("csg: error: out of memory; lower --batch-size or use --subset", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""Progress of a black-box attack kept on disk, so that an interrupted ``csg attack`` resumes.
+
+At the published settings a black-box attack takes most of an hour per model on a CPU (one-pixel up to
+40,400 queries per image, local search up to 90,000). :class:`BlackBoxJournal` keeps one file per attack in
+the run directory, ``adversarial.{attack}.partial.npz``, written atomically after every piece of
+:data:`PIECE` images. It holds the per-image results so far and a fingerprint of everything that decides
+them: the attack, its options and seed, the device, the attacked images and labels, and the model's
+weights. A later run with the same fingerprint starts after the last piece written. A run with another
+fingerprint starts over. Attacks seed each image by its place in the sample (``index_offset``), so a
+resumed attack returns what an uninterrupted one would. The journal is removed once ``adversarial.json``
+is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..core.io import atomic_save_npz
+from .blackbox import BlackBoxResult
+
+#: Images per piece: local search's batch of images (pieces must start at its multiples to resume exactly).
+PIECE = 16
+
+
+def fingerprint(**parts: Any) -> str:
+    """A sha256 over ``parts``: tensors and arrays by their bytes, dtype and shape, the rest as JSON."""
+    digest = hashlib.sha256()
+    for key in sorted(parts):
+        value = parts[key]
+        digest.update(key.encode())
+        if torch.is_tensor(value):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            arr = np.ascontiguousarray(value)
+            digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+            digest.update(arr.tobytes())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A sha256 of a model's parameters and buffers (names, shapes and values)."""
+    return fingerprint(**{name: t for name, t in model.state_dict().items() if torch.is_tensor(t)})
+
+
+class BlackBoxJournal:
+    """The finished pieces of one black-box attack; :meth:`add` saves each piece as it ends.
+
+    ``folder=None`` keeps everything in memory (nothing is written, nothing resumes).
+    """
+
+    def __init__(self, folder: str | Path | None, attack: str, key: str):
+        self.path = journal_path(folder, attack) if folder is not None else None
+        self.key = key
+        self.arrays: dict[str, np.ndarray] = {}
+        self.extra: dict[str, Any] = {}
+        self.resumed = 0
+        self.discarded: str | None = None  # why a journal on disk was not used
+        if self.path is not None and self.path.exists():
+            self._load()
+
+    @property
+    def count(self) -> int:
+        """Images finished so far."""
+        return int(len(self.arrays["success"])) if self.arrays else 0
+
+    def _load(self) -> None:
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                saved = {k: data[k] for k in data.files}
+            key, extra = str(saved.pop("key")), json.loads(str(saved.pop("extra")))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            self.discarded = f"{self.path.name} could not be read ({type(exc).__name__}); started over"
+            return
+        if key != self.key:
+            self.discarded = (f"{self.path.name} was written for other settings, images or weights; "
+                              "started over")
+            return
+        lengths = {len(v) for v in saved.values()}
+        if len(lengths) != 1 or "success" not in saved:
+            self.discarded = f"{self.path.name} has arrays of different lengths; started over"
+            return
+        self.arrays, self.extra, self.resumed = saved, extra, int(lengths.pop())
+
+    def add(self, part: BlackBoxResult) -> None:
+        """Append a finished piece and write the journal (atomically) when it has a folder."""
+        new = {"images": part.images.detach().cpu().numpy(), "success": part.success.cpu().numpy().astype(bool),
+               "queries": part.queries.cpu().numpy().astype(np.int64)}
+        for k, v in part.extra.items():
+            if torch.is_tensor(v):
+                new[f"extra.{k}"] = v.cpu().numpy()
+            else:
+                self.extra[k] = v
+        self.arrays = new if not self.arrays else {k: np.concatenate([self.arrays[k], v]) for k, v in new.items()}
+        if self.path is not None:
+            atomic_save_npz(self.path, key=np.array(self.key), extra=np.array(json.dumps(self.extra)),
+                            **self.arrays)
+
+    def result(self) -> BlackBoxResult:
+        """Every finished image as one :class:`BlackBoxResult`."""
+        extra = dict(self.extra)
+        extra.update({k.split(".", 1)[1]: torch.from_numpy(v) for k, v in self.arrays.items()
+                      if k.startswith("extra.")})
+        return BlackBoxResult(torch.from_numpy(self.arrays["images"]), torch.from_numpy(self.arrays["success"]),
+                              torch.from_numpy(self.arrays["queries"]), extra)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def attack_in_pieces(attack: Callable[..., BlackBoxResult], model, images: torch.Tensor, labels: torch.Tensor,
+                     journal: BlackBoxJournal, *, piece: int = PIECE, **options) -> BlackBoxResult:
+    """``attack(model, images, labels, **options)`` in pieces of ``piece`` images, after those ``journal`` holds.
+
+    Each piece is passed its ``index_offset`` in the sample and saved in ``journal`` when it ends.
+    """
+    if piece < 1:
+        raise ValueError(f"piece must be >= 1, got {piece}")
+    for start in range(journal.count, len(images), piece):
+        sl = slice(start, start + piece)
+        journal.add(attack(model, images[sl], labels[sl], index_offset=start, **options))
+    return journal.result()
+
+
+def journal_path(folder: str | Path, attack: str) -> Path:
+    """Where the journal of ``attack`` lives in a run directory."""
+    return Path(folder) / f"adversarial.{attack}.partial.npz"
+
+
+__all__ = ["BlackBoxJournal", "PIECE", "attack_in_pieces", "fingerprint", "model_fingerprint", "journal_path"]
