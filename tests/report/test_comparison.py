@@ -59,6 +59,24 @@ def test_equal_differences_over_seeds_claim_no_interval(tmp_path):
     assert "[no interval: 2 equal differences]" in comparison_markdown(result)
 
 
+def test_two_runs_of_one_method_and_seed_are_refused(tmp_path):
+    # Two trainings of CSG seed 0 (say, from two comparison files) would count as two seeds in the mean and
+    # std, while only one of them is paired with STD seed 0.
+    from csg.core.errors import CsgError
+
+    paths = [_run(tmp_path / "a" / "std-seed0", "std", 0, 0.91, 0.21), _run(tmp_path / "a" / "csg-seed0", "csg", 0,
+                                                                          0.92, 0.25),
+             _run(tmp_path / "b" / "csg-seed0", "csg", 0, 0.90, 0.30)]
+    with pytest.raises(CsgError, match=r"two csg runs of seed 0 on d / a: .*a/csg-seed0 and .*b/csg-seed0; pass one"):
+        compare(paths)
+    first, _ = compare(paths[:2])
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    with pytest.raises(CsgError, match=r"recorded in .*first\.json\) and .*b/csg-seed0"):
+        compare([tmp_path / "first.json", paths[2]])
+    result, _ = compare([tmp_path / "first.json", _run(tmp_path / "b" / "csg-seed1", "csg", 1, 0.9, 0.3)])
+    assert next(r for r in result["rows"] if r["method"] == "csg")["seeds"] == [0, 1]
+
+
 def test_one_seed_accuracy_difference_bootstraps_the_same_test_images(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 3000)

@@ -287,6 +287,25 @@ def _gap_closed(mis: float | None, base: float | None, ceiling: float | None) ->
     return (mis - base) / (ceiling - base)
 
 
+def _where(run) -> str:
+    return f"{run.label} (recorded in {run.recorded_in})" if run.recorded_in is not None else str(run.path)
+
+
+def _refuse_repeated_seeds(runs: list) -> None:
+    """One run per (data, arch, method, seed): a second would count as another seed in the mean and std,
+    and only one of the two would be paired with STD."""
+    seen: dict[tuple, Any] = {}
+    for r in runs:
+        if r.seed is None:
+            continue
+        key = (r.data, r.arch, r.method, r.seed)
+        if key in seen:
+            raise CsgError(f"two {r.method} runs of seed {r.seed} on {r.data} / {r.arch}: {_where(seen[key])} and "
+                           f"{_where(r)}; pass one of them (a seed counts once in the means and the paired "
+                           "differences)")
+        seen[key] = r
+
+
 def _aggregate(values: list[float | None]) -> dict[str, float | int | None]:
     v = np.array([x for x in values if x is not None], dtype=np.float64)
     if v.size == 0:
@@ -318,6 +337,7 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
         if p.suffix == ".json" and not p.exists():
             raise CsgError(f"{p}: no such file; pass run directories or comparison.json files of csg compare")
         runs.extend(recorded_runs(p) if p.suffix == ".json" and p.is_file() else [RunResults(p)])
+    _refuse_repeated_seeds(runs)
     unique_labels(runs)
     per_run = {r.label: r.values() for r in runs}
     # the STD baseline's mean MIS per (data, arch): each run's gap closed is measured against it
