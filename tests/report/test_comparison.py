@@ -75,6 +75,13 @@ def test_two_runs_of_one_method_and_seed_are_refused(tmp_path):
         compare([tmp_path / "first.json", paths[2]])
     result, _ = compare([tmp_path / "first.json", _run(tmp_path / "b" / "csg-seed1", "csg", 1, 0.9, 0.3)])
     assert next(r for r in result["rows"] if r["method"] == "csg")["seeds"] == [0, 1]
+    # FILE.json:LABEL,... takes some of a file's runs: here STD alone, beside the other CSG seed 0
+    picked, _ = compare([f"{tmp_path / 'first.json'}:std-seed0", paths[2]])
+    assert [(r["method"], r["values"]["accuracy"]) for r in picked["runs"]] == [("std", 0.91), ("csg", 0.90)]
+    diff = next(d for d in picked["differences"] if d["metric"] == "accuracy")
+    assert diff["per_seed"] == pytest.approx([0.90 - 0.91])
+    with pytest.raises(CsgError, match=r"first\.json records no run csg-seed9; it has std-seed0, csg-seed0"):
+        compare([f"{tmp_path / 'first.json'}:csg-seed9"])
 
 
 def test_one_seed_accuracy_difference_bootstraps_the_same_test_images(tmp_path):

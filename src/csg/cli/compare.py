@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
                                    "results when present, the paper's CIFAR-10 rows, and figures side by side.")
     p.add_argument("runs", metavar="RUN", nargs="+",
                    help="run directories, or comparison.json files of earlier comparisons: their recorded runs "
-                        "join this one (more seeds, without keeping the old run directories)")
+                        "join this one (more seeds, without keeping the old run directories); FILE.json:LABEL,"
+                        "LABEL takes only the named runs of a file")
     p.add_argument("--out", required=True, help="output folder for index.html, comparison.json and figures/")
     p.set_defaults(func=run)
 

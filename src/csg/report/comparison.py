@@ -287,6 +287,26 @@ def _gap_closed(mis: float | None, base: float | None, ceiling: float | None) ->
     return (mis - base) / (ceiling - base)
 
 
+def _split_selection(given: str | Path) -> tuple[Path, list[str] | None]:
+    """``FILE.json:LABEL,LABEL`` -> (FILE.json, labels); anything else (an existing path included) as is."""
+    text = str(given)
+    if Path(text).exists() or ":" not in text:
+        return Path(text), None
+    file, _, labels = text.rpartition(":")
+    if not file.endswith(".json"):
+        return Path(text), None
+    return Path(file), [s.strip() for s in labels.split(",") if s.strip()]
+
+
+def _selected(recorded: list, labels: list[str], path: Path) -> list:
+    by_label = {r.label: r for r in recorded}
+    missing = [x for x in labels if x not in by_label]
+    if missing or not labels:
+        raise CsgError(f"{path} records no run {', '.join(missing) or '(none named)'}; it has "
+                       f"{', '.join(by_label)}")
+    return [by_label[x] for x in labels]
+
+
 def _where(run) -> str:
     return f"{run.label} (recorded in {run.recorded_in})" if run.recorded_in is not None else str(run.path)
 
@@ -302,7 +322,7 @@ def _refuse_repeated_seeds(runs: list) -> None:
         if key in seen:
             raise CsgError(f"two {r.method} runs of seed {r.seed} on {r.data} / {r.arch}: {_where(seen[key])} and "
                            f"{_where(r)}; pass one of them (a seed counts once in the means and the paired "
-                           "differences)")
+                           "differences; FILE.json:LABEL,... takes some of a file's runs)")
         seen[key] = r
 
 
@@ -333,10 +353,14 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
     if not paths:
         raise CsgError("no runs given; usage: csg compare RUN [RUN ...] --out DIR")
     runs: list = []
-    for p in map(Path, paths):  # a comparison.json brings the runs it recorded
+    for given in paths:  # a comparison.json brings the runs it recorded (FILE.json:LABEL,... some of them)
+        p, labels = _split_selection(given)
         if p.suffix == ".json" and not p.exists():
             raise CsgError(f"{p}: no such file; pass run directories or comparison.json files of csg compare")
-        runs.extend(recorded_runs(p) if p.suffix == ".json" and p.is_file() else [RunResults(p)])
+        if labels is not None:
+            runs.extend(_selected(recorded_runs(p), labels, p))
+        else:
+            runs.extend(recorded_runs(p) if p.suffix == ".json" and p.is_file() else [RunResults(p)])
     _refuse_repeated_seeds(runs)
     unique_labels(runs)
     per_run = {r.label: r.values() for r in runs}
