@@ -59,25 +59,26 @@ def test_equal_differences_over_seeds_claim_no_interval(tmp_path):
     assert "[no interval: 2 equal differences]" in comparison_markdown(result)
 
 
-def test_two_runs_of_one_method_and_seed_are_refused(tmp_path):
-    # Two trainings of CSG seed 0 (say, from two comparison files) would count as two seeds in the mean and
-    # std, while only one of them is paired with STD seed 0.
+def test_two_runs_of_one_method_and_seed_are_named_and_can_be_left_out(tmp_path):
+    # Two trainings of CSG seed 0 (say, from two comparison files) count as two seeds in the mean and std,
+    # while only the later one is paired with STD seed 0: the comparison says so, naming both.
     from csg.core.errors import CsgError
 
     paths = [_run(tmp_path / "a" / "std-seed0", "std", 0, 0.91, 0.21), _run(tmp_path / "a" / "csg-seed0", "csg", 0,
                                                                           0.92, 0.25),
              _run(tmp_path / "b" / "csg-seed0", "csg", 0, 0.90, 0.30)]
-    with pytest.raises(CsgError, match=r"two csg runs of seed 0 on d / a: .*a/csg-seed0 and .*b/csg-seed0; pass one"):
-        compare(paths)
+    both, _ = compare(paths)
+    note = next(n for n in both["notes"] if n.startswith("two csg runs of seed 0 on d / a"))
+    assert "a/csg-seed0" in note and "b/csg-seed0" in note and "FILE.json:LABEL" in note
     first, _ = compare(paths[:2])
+    assert not [n for n in first["notes"] if n.startswith("two ")]
     (tmp_path / "first.json").write_text(json.dumps(first))
-    with pytest.raises(CsgError, match=r"recorded in .*first\.json\) and .*b/csg-seed0"):
-        compare([tmp_path / "first.json", paths[2]])
-    result, _ = compare([tmp_path / "first.json", _run(tmp_path / "b" / "csg-seed1", "csg", 1, 0.9, 0.3)])
-    assert next(r for r in result["rows"] if r["method"] == "csg")["seeds"] == [0, 1]
+    merged, _ = compare([tmp_path / "first.json", paths[2]])
+    assert any("recorded in" in n and "first.json" in n for n in merged["notes"])
     # FILE.json:LABEL,... takes some of a file's runs: here STD alone, beside the other CSG seed 0
     picked, _ = compare([f"{tmp_path / 'first.json'}:std-seed0", paths[2]])
     assert [(r["method"], r["values"]["accuracy"]) for r in picked["runs"]] == [("std", 0.91), ("csg", 0.90)]
+    assert not [n for n in picked["notes"] if n.startswith("two ")]
     diff = next(d for d in picked["differences"] if d["metric"] == "accuracy")
     assert diff["per_seed"] == pytest.approx([0.90 - 0.91])
     with pytest.raises(CsgError, match=r"first\.json records no run csg-seed9; it has std-seed0, csg-seed0"):

@@ -311,19 +311,23 @@ def _where(run) -> str:
     return f"{run.label} (recorded in {run.recorded_in})" if run.recorded_in is not None else str(run.path)
 
 
-def _refuse_repeated_seeds(runs: list) -> None:
-    """One run per (data, arch, method, seed): a second would count as another seed in the mean and std,
-    and only one of the two would be paired with STD."""
+def repeated_seed_notes(runs: list) -> list[str]:
+    """A note for each (data, arch, method, seed) given twice: both runs count in the row's mean and std as
+    if they were two seeds, and only the later one is paired with STD's run of that seed. Variants of a
+    method (other options, the same seed) are a real use, so this is said, not refused."""
     seen: dict[tuple, Any] = {}
+    notes = []
     for r in runs:
         if r.seed is None:
             continue
         key = (r.data, r.arch, r.method, r.seed)
         if key in seen:
-            raise CsgError(f"two {r.method} runs of seed {r.seed} on {r.data} / {r.arch}: {_where(seen[key])} and "
-                           f"{_where(r)}; pass one of them (a seed counts once in the means and the paired "
-                           "differences; FILE.json:LABEL,... takes some of a file's runs)")
+            notes.append(f"two {r.method} runs of seed {r.seed} on {r.data} / {r.arch}: {_where(seen[key])} and "
+                         f"{_where(r)}; both count in the {r.method} row as if they were two seeds, and only "
+                         f"{r.label} is paired with STD's seed {r.seed}. Pass one of them for a comparison over "
+                         "seeds (FILE.json:LABEL,... takes some of a file's runs)")
         seen[key] = r
+    return notes
 
 
 def _aggregate(values: list[float | None]) -> dict[str, float | int | None]:
@@ -361,7 +365,6 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
             runs.extend(_selected(recorded_runs(p), labels, p))
         else:
             runs.extend(recorded_runs(p) if p.suffix == ".json" and p.is_file() else [RunResults(p)])
-    _refuse_repeated_seeds(runs)
     unique_labels(runs)
     per_run = {r.label: r.values() for r in runs}
     # the STD baseline's mean MIS per (data, arch): each run's gap closed is measured against it
@@ -385,7 +388,7 @@ def compare(paths: Sequence[str | Path], *, reps: int = 2000, seed: int = 0) -> 
                      "seeds": [m.seed for m in members],
                      "values": {k: _aggregate([per_run[m.label].get(k) for m in members]) for k in keys}})
     differences = _differences(groups, per_run, keys, reps=reps, seed=seed)
-    notes = [n for r in runs for n in r.notes]
+    notes = [n for r in runs for n in r.notes] + repeated_seed_notes(runs)
     result = {"schema": SCHEMA, "baseline": BASELINE,
               "runs": [{"label": r.label, "path": str(r.path), "method": r.method, "data": r.data, "arch": r.arch,
                         "seed": r.seed, "values": per_run[r.label],
