@@ -25,6 +25,7 @@ model passes against that estimate (:mod:`csg.adversarial.progress`).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -192,7 +193,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                         blocks: Sequence[str] | None = None, n_estimators: int = 100, jobs: int | None = None,
                         progress: bool = True, dataset=None, train_dataset=None,
                         on_estimate: Callable[[dict], None] | None = None,
-                        fold_batchnorm: bool = True, journal_dir: str | None = None) -> AdversarialResult:
+                        fold_batchnorm: bool = True, journal_dir: "str | os.PathLike | None" = None) -> AdversarialResult:
     """Run the whole adversarial experiment on a run directory and return its result.
 
     Nothing is written but, with ``journal_dir``, each black-box attack's progress
@@ -465,7 +466,8 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
     for w in works.values():
         w.images = len(chosen)
     meter.estimate(list(works.values()))
-    model_key = model_fingerprint(model) if len(chosen) else None
+    # Only a journal on disk needs the fingerprint (hashing the weights and images is wasted work otherwise).
+    model_key = model_fingerprint(model) if len(chosen) and journal_dir is not None else None
     for name in blackbox:
         if x is None:
             summary["blackbox"][name] = {**rate_summary(0, 0), "budget": budgets[name]}
@@ -476,8 +478,8 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
         opts.setdefault("seed", seed)
         opts.setdefault("batch_size", batch_size)  # model calls of --batch-size images, not the attacks' 1024
         piece = int(opts.get("images_per_batch", PIECE))
-        key = fingerprint(attack=name, options=opts, device=str(dev), images=x, labels=y, model=model_key,
-                          piece=piece)
+        key = "" if journal_dir is None else fingerprint(attack=name, options=opts, device=str(dev), images=x,
+                                                         labels=y, model=model_key, piece=piece)
         journal = BlackBoxJournal(journal_dir, name, key)
         if journal.discarded:
             summary["notes"].append(f"black-box {name}: {journal.discarded}")

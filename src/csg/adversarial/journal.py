@@ -111,10 +111,6 @@ class BlackBoxJournal:
         return BlackBoxResult(torch.from_numpy(self.arrays["images"]), torch.from_numpy(self.arrays["success"]),
                               torch.from_numpy(self.arrays["queries"]), extra)
 
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
 
 def attack_in_pieces(attack: Callable[..., BlackBoxResult], model, images: torch.Tensor, labels: torch.Tensor,
                      journal: BlackBoxJournal, *, piece: int = PIECE, **options) -> BlackBoxResult:
