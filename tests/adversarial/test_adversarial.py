@@ -550,3 +550,65 @@ def test_csg_attack_resumes_an_interrupted_black_box_attack(tiny_csg_run, monkey
         for key in ("one-pixel.ids", "one-pixel.success", "one-pixel.queries"):
             np.testing.assert_array_equal(arrays[key], whole[key])
     assert not journal_path(tiny_csg_run, "one-pixel").exists()  # removed once the result is written
+
+
+def test_csg_attack_keeps_the_earlier_attacks_it_does_not_run_for_the_same_weights(tiny_csg_run, tmp_path):
+    import os
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from csg.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_csg_run, run, ignore=shutil.ignore_patterns("adversarial*", "figures"))
+    common = ["--device", "cpu", "--no-progress", "--no-figures"]
+    one_pixel = ["attack", str(run), "--attacks", "none", "--blackbox", "one-pixel", "--blackbox-samples", "3",
+                 "--op-population", "8", "--op-generations", "1", *common]
+    fgsm = ["attack", str(run), "--attacks", "fgsm", "--blackbox", "none", "--train-sizes", "5", "--test-size", "2",
+            "--repeats", "2", "--success-samples", "5", "--all-samples", "--trees", "5", *common]
+
+    def read():
+        with np.load(run / "adversarial.npz") as arrays:
+            return json.loads((run / "adversarial.json").read_text()), {k: arrays[k] for k in arrays.files}
+
+    assert main(one_pixel) == 0
+    first, first_arrays = read()
+    assert main(fgsm) == 0
+    data, arrays = read()
+    assert set(data["blackbox"]) == {"one-pixel"} and set(data["detection"]) == {"fgsm"}
+    assert data["blackbox"]["one-pixel"] == first["blackbox"]["one-pixel"]
+    for key in ("one-pixel.ids", "one-pixel.success", "one-pixel.queries"):
+        np.testing.assert_array_equal(arrays[key], first_arrays[key])
+    assert set(data["arrays"]) == set(arrays)
+    assert data["earlier_settings"]["one-pixel"]["blackbox"] == ["one-pixel"]
+    assert any(n.startswith("kept one-pixel from an earlier call on the same weights") for n in data["notes"])
+
+    # Written before the weights were hashed: kept only while the checkpoint is older than the file.
+    legacy = dict(data)
+    legacy.pop("model_sha256")
+    (run / "adversarial.json").write_text(json.dumps(legacy))
+    past = os.stat(run / "adversarial.json").st_mtime - 100
+    os.utime(run / "checkpoint.safetensors", (past, past))
+    assert main(one_pixel) == 0
+    data, arrays = read()
+    assert set(data["detection"]) == {"fgsm"} and "fgsm.test_ids" in arrays
+    assert any("does not name its weights" in n for n in data["notes"])
+
+    # Trained again (other weights): the earlier attacks are dropped, with a note.
+    tensors = load_file(run / "checkpoint.safetensors")
+    with safe_open(run / "checkpoint.safetensors", "pt") as f:
+        meta = f.metadata()
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and "weight" in k)
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, run / "checkpoint.safetensors", metadata=meta)
+    assert main(fgsm) == 0
+    data, arrays = read()
+    assert data["blackbox"] == {} and not any(k.startswith("one-pixel.") for k in arrays)
+    assert any("were for other weights" in n for n in data["notes"])
+
+    # --replace writes only this call's attacks.
+    assert main(one_pixel + ["--replace"]) == 0
+    data, arrays = read()
+    assert data["detection"] == {} and set(data["blackbox"]) == {"one-pixel"} and "earlier_settings" not in data

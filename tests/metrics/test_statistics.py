@@ -6,7 +6,8 @@ import pytest
 from scipy import stats
 
 from csg.metrics import (gate_activation_agreement, independent_bootstrap_mean_difference,
-                         paired_bootstrap_mean_difference, paired_t_interval, subsample_interval, wilson_interval)
+                         matched_bootstrap_mean_difference, paired_bootstrap_mean_difference, paired_t_interval,
+                         subsample_interval, wilson_interval)
 
 
 def test_paired_t_interval_equals_scipy():
@@ -68,3 +69,37 @@ def test_gate_activation_agreement_is_signed():
     assert gate_activation_agreement(gate, pooled, labels) == 1.0
     gate[:, 1] = [1.0, 0.0, 0.0]
     assert gate_activation_agreement(gate, pooled, labels) == 0.5
+
+
+def test_matched_bootstrap_pairs_the_shared_items_by_id_and_resamples_the_rest_on_their_own():
+    rng = np.random.default_rng(3)
+    # Every item shared, in another order: the same per-image values give exactly 0, as the paired bootstrap
+    # does; treating them as independent (the old black-box comparison) gives a wide interval.
+    values = (rng.random(100) < 0.1).astype(float)
+    ids = rng.permutation(1000)[:100]
+    order = rng.permutation(100)
+    same = matched_bootstrap_mean_difference(values, ids, values[order], ids[order], reps=500)
+    assert same.mean == 0 and same.low == 0 and same.high == 0 and same.kind == "bootstrap (matched, 100 shared)"
+    ind = independent_bootstrap_mean_difference(values, values[order], reps=500)
+    assert ind.high - ind.low > 0.1
+
+    # A partial overlap: the bootstrap variance of mean_a - mean_b is, by hand,
+    # (s var(d_shared) + u_a var(own_a) + u_b var(own_b)) / n^2 (population variances, n_a = n_b = n).
+    n, s = 400, 300
+    a, b = rng.normal(0.0, 1.0, n), rng.normal(0.0, 1.0, n)
+    b[:s] = a[:s] + rng.normal(0.1, 0.3, s)  # the shared items, strongly correlated
+    ids_a = np.arange(n)
+    ids_b = np.concatenate([np.arange(s), np.arange(n, 2 * n - s)])
+    got = matched_bootstrap_mean_difference(a, ids_a, b, ids_b, reps=6000, seed=1)
+    var = (s * np.var(a[:s] - b[:s]) + (n - s) * np.var(a[s:]) + (n - s) * np.var(b[s:])) / n ** 2
+    assert got.mean == pytest.approx(a.mean() - b.mean())
+    assert got.high - got.low == pytest.approx(2 * 1.959964 * math.sqrt(var), rel=0.06)
+
+    # No item shared: the independent bootstrap's width; unequal sizes keep each side's mean.
+    c, d = rng.normal(0, 1, 300), rng.normal(0.5, 1, 200)
+    none = matched_bootstrap_mean_difference(c, np.arange(300), d, np.arange(300, 500), reps=6000)
+    ind = independent_bootstrap_mean_difference(c, d, reps=6000)
+    assert none.mean == pytest.approx(c.mean() - d.mean())
+    assert none.high - none.low == pytest.approx(ind.high - ind.low, rel=0.06)
+    with pytest.raises(Exception, match="unique ids"):
+        matched_bootstrap_mean_difference(c[:2], [1, 1], d[:2], [1, 2])

@@ -100,3 +100,28 @@ def test_one_seed_accuracy_difference_bootstraps_the_same_test_images(tmp_path):
     acc = next(d for d in result["differences"] if d["metric"] == "accuracy")
     assert acc["kind"] == "bootstrap" and acc["n"] == 3000
     assert acc["low"] < acc["mean"] < acc["high"] and acc["excludes_zero"]
+
+
+def test_one_seed_black_box_difference_pairs_the_images_both_models_were_attacked_on(tmp_path):
+    # Both models attacked on 100 images, 96 of them the same (the first correctly classified of one seeded
+    # order). Success is equal on the shared images and on the 4 own ones: the difference is 0, and with the
+    # shared images paired its interval is [-4, +4] pt at most (the own images alone can move it), not the
+    # +-8 pt of two independent samples.
+    rng = np.random.default_rng(5)
+    shared = rng.random(96) < 0.08
+    paths = []
+    for name, method, own_ids in (("std", "std", [200, 201, 202, 203]), ("csg", "csg", [300, 301, 302, 303])):
+        path = _run(tmp_path / name, method, 0, 0.9, 0.2)
+        ids = np.concatenate([np.arange(96), own_ids])
+        success = np.concatenate([shared, [True, False, False, False]])
+        order = rng.permutation(100)
+        np.savez(path / "adversarial.npz", **{"one-pixel.ids": ids[order], "one-pixel.success": success[order]})
+        (path / "adversarial.json").write_text(json.dumps({
+            "schema": "csg.adversarial/2", "clean_accuracy": 0.9, "detection": {}, "attack_success": {},
+            "blackbox": {"one-pixel": {"success_rate": float(success.mean()), "attempted": 100}},
+            "arrays_file": "adversarial.npz"}))
+        paths.append(path)
+    result, _ = compare(paths, reps=1000)
+    diff = next(d for d in result["differences"] if d["metric"] == "blackbox.one-pixel")
+    assert diff["kind"] == "bootstrap (matched, 96 shared)" and diff["mean"] == 0
+    assert -0.04 <= diff["low"] <= 0 <= diff["high"] <= 0.04

@@ -233,6 +233,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     for p in model.parameters():
         p.requires_grad_(False)  # only input gradients are needed
     notes: list[str] = []
+    # Names the weights the results belong to: a later call keeps them only for the same weights.
+    model_key = model_fingerprint(model)
     num_classes = int(model.num_classes)
     attack_model, n_folded = model, 0
     if fold_batchnorm:
@@ -262,7 +264,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
     test_order = np.random.default_rng([int(seed), 1]).permutation(len(test_labels))
     summary: dict[str, Any] = {
         "schema": SCHEMA,
-        "clean_accuracy": clean_accuracy,
+        "clean_accuracy": clean_accuracy, "model_sha256": model_key,
         "attack_success": {}, "detection": {}, "blackbox": {},
         "settings": {
             "attacks": attacks, "train_sizes": train_sizes, "test_size": int(test_size), "repeats": int(repeats),
@@ -298,7 +300,7 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                        test_order,
                        blackbox=blackbox, blackbox_samples=int(blackbox_samples), budgets=budgets,
                        blackbox_options=blackbox_options, query_budget=query_budget, seed=int(seed), dev=dev,
-                       batch_size=int(batch_size), journal_dir=journal_dir)
+                       batch_size=int(batch_size), journal_dir=journal_dir, model_key=model_key)
     finally:
         meter.close()
     summary["seconds"] = round(time.time() - t_start, 3)
@@ -456,7 +458,7 @@ def _summarise_attack(p, summary, arrays, examples, *, num_classes, test_size, l
 def _black_box(summary, arrays, examples, meter, works, model, attack_logits, test_images, test_labels, test_order, *,
                blackbox,
                blackbox_samples, budgets, blackbox_options, query_budget, seed, dev, batch_size,
-               journal_dir=None) -> None:
+               journal_dir=None, model_key: str = "") -> None:
     chosen = _first_correct(model, test_images, test_labels, test_order, blackbox_samples, batch_size, dev)
     if len(chosen) < blackbox_samples:
         summary["notes"].append(f"black-box: only {len(chosen)} correctly classified test images "
@@ -466,8 +468,6 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
     for w in works.values():
         w.images = len(chosen)
     meter.estimate(list(works.values()))
-    # Only a journal on disk needs the fingerprint (hashing the weights and images is wasted work otherwise).
-    model_key = model_fingerprint(model) if len(chosen) and journal_dir is not None else None
     for name in blackbox:
         if x is None:
             summary["blackbox"][name] = {**rate_summary(0, 0), "budget": budgets[name]}
@@ -478,6 +478,7 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
         opts.setdefault("seed", seed)
         opts.setdefault("batch_size", batch_size)  # model calls of --batch-size images, not the attacks' 1024
         piece = int(opts.get("images_per_batch", PIECE))
+        # Only a journal on disk needs the fingerprint (hashing the images is wasted work otherwise).
         key = "" if journal_dir is None else fingerprint(attack=name, options=opts, device=str(dev), images=x,
                                                          labels=y, model=model_key, piece=piece)
         journal = BlackBoxJournal(journal_dir, name, key)

@@ -10,13 +10,20 @@ Three separate steps, so each can be used alone:
 
 :func:`attack_run` does all three, under the run's lock, and keeps the black-box attacks' progress in
 the run directory while they run (``adversarial.{attack}.partial.npz``) so that an interrupted run resumes.
+It adds to what earlier calls wrote: an attack of the earlier ``adversarial.json`` that this call did not
+run is kept (:func:`carry_over`), so ``csg attack RUN --attacks none --blackbox local-search`` does not
+drop a one-pixel result that took an hour. It is kept only for the same weights (``model_sha256``).
 """
 from __future__ import annotations
 
+import zipfile
 from typing import Any
 
+import numpy as np
+
+from ..core.errors import CsgError
 from ..runs.rundir import RunDir
-from .experiment import AdversarialResult, compute_adversarial
+from .experiment import SCHEMA, AdversarialResult, compute_adversarial
 from .journal import journal_path
 
 JSON_NAME = "adversarial.json"
@@ -34,17 +41,90 @@ def write_result(run: str | RunDir, result: AdversarialResult) -> dict[str, Any]
     return summary
 
 
-def attack_run(run: str | RunDir, *, figures: bool = True, **options) -> dict[str, Any]:
+def _earlier(run: RunDir) -> tuple[dict | None, dict[str, np.ndarray], str | None]:
+    """The run's earlier summary and arrays, or ``(None, {}, why)`` when they cannot be used."""
+    if not run.has(JSON_NAME):
+        return None, {}, None
+    try:
+        summary = run.read_json(JSON_NAME)
+    except (CsgError, OSError, ValueError) as exc:  # a damaged file is replaced; this call's work is kept
+        return None, {}, f"the earlier {JSON_NAME} could not be read ({type(exc).__name__}); it was replaced"
+    if not isinstance(summary, dict) or summary.get("schema") != SCHEMA:
+        return None, {}, f"the earlier {JSON_NAME} is not schema {SCHEMA}; it was replaced"
+    arrays: dict[str, np.ndarray] = {}
+    if summary.get("arrays_file") and run.has(str(summary["arrays_file"])):
+        try:
+            with np.load(run.file(str(summary["arrays_file"])), allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            return None, {}, (f"the earlier {summary['arrays_file']} could not be read ({type(exc).__name__}); "
+                              f"{JSON_NAME} was replaced")
+    return summary, arrays, None
+
+
+def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
+    """Add to ``result`` the attacks of the run's earlier ``adversarial.json`` that it did not run.
+
+    Kept only when the earlier file names the same weights (``model_sha256``). A file written before
+    csg recorded the weights' hash is kept when the checkpoint is older than it (the model has not been
+    trained again since), and the note says so. Each kept attack brings its summary entries, its arrays
+    (``{attack}.*``) and the earlier call's settings (``summary["earlier_settings"][attack]``).
+    Returns the names kept.
+    """
+    earlier, arrays, why = _earlier(run)
+    notes = result.summary.setdefault("notes", [])
+    if why:
+        notes.append(why)
+    if earlier is None:
+        return []
+    ran = set(result.summary["settings"]["attacks"]) | set(result.summary["settings"]["blackbox"])
+    sections = ("attack_success", "detection", "blackbox")
+    names = sorted({n for sec in sections for n in (earlier.get(sec) or {}) if n not in ran})
+    if not names:
+        return []
+    same = earlier.get("model_sha256")
+    if same is not None and same != result.summary.get("model_sha256"):
+        notes.append(f"the earlier results of {', '.join(names)} were for other weights (the model was trained "
+                     "again); they were dropped")
+        return []
+    if same is None:
+        json_time = run.file(JSON_NAME).stat().st_mtime
+        if not run.checkpoint_path.exists() or run.checkpoint_path.stat().st_mtime > json_time:
+            notes.append(f"the earlier results of {', '.join(names)} do not name their weights and the checkpoint "
+                         "is newer than them; they were dropped")
+            return []
+        notes.append(f"kept {', '.join(names)} from an earlier {JSON_NAME} that does not name its weights: the "
+                     "checkpoint is older than that file")
+    else:
+        notes.append(f"kept {', '.join(names)} from an earlier call on the same weights (not run again)")
+    kept_settings = result.summary.setdefault("earlier_settings", {})
+    for name in names:
+        for sec in sections:
+            if name in (earlier.get(sec) or {}):
+                result.summary[sec][name] = earlier[sec][name]
+        result.arrays.update({k: v for k, v in arrays.items() if k.startswith(f"{name}.")})
+        kept_settings[name] = earlier.get("settings", {})
+        notes.extend(n for n in earlier.get("notes", []) if isinstance(n, str)
+                     and n.startswith((f"{name}:", f"black-box {name}:")))
+    result.summary["arrays"] = sorted(result.arrays)
+    return names
+
+
+def attack_run(run: str | RunDir, *, figures: bool = True, keep_earlier: bool = True, **options) -> dict[str, Any]:
     """Compute the experiment (``options``: see :func:`compute_adversarial`), draw its figures, write it.
 
     One writer at a time (the run's lock). The black-box attacks keep their progress in the run
     directory, so an interrupted call resumes them; the journals are removed once the result is written.
+    ``keep_earlier``: keep the earlier attacks this call does not run (:func:`carry_over`; never with your
+    own ``dataset``, whose images the earlier results were not taken on).
     Returns the summary as written to ``RUN/adversarial.json``.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     with run.lock("attacking"):
         options.setdefault("journal_dir", run.path)
         result = compute_adversarial(run, **options)
+        if keep_earlier and options.get("dataset") is None and options.get("train_dataset") is None:
+            carry_over(run, result)
         result.summary["figures"] = []
         if figures:
             from .figures import render_figures
@@ -56,4 +136,4 @@ def attack_run(run: str | RunDir, *, figures: bool = True, **options) -> dict[st
         return summary
 
 
-__all__ = ["attack_run", "write_result", "JSON_NAME", "NPZ_NAME"]
+__all__ = ["attack_run", "carry_over", "write_result", "JSON_NAME", "NPZ_NAME"]

@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
                     "features (error rate per training size), their success rate on a fixed sample, and "
                     "black-box attacks at their published settings (success rate). Writes RUN/adversarial.json "
                     "(summary), RUN/adversarial.npz (per-image results) and RUN/figures/adversarial_*.png. "
+                    "Adds to what earlier calls wrote: an earlier attack this call does not run is kept when "
+                    "the weights are the same (--replace drops it). "
                     "Prints an estimate of the duration after the first batch.")
     p.add_argument("run", metavar="RUN", help="run directory (trained; `csg evaluate` output is reused if present)")
     g = p.add_argument_group("white-box attacks and detector")
@@ -102,6 +104,9 @@ def add_parser(sub) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of sampling, targets and repeats [%(default)s]")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [%(default)s]")
     r.add_argument("--batch-size", type=int, default=256, help="attack batch size [%(default)s]")
+    r.add_argument("--replace", dest="keep_earlier", action="store_false", default=True,
+                   help="write only this call's attacks (default: keep the earlier attacks it does not run, "
+                        "for the same weights)")
     r.add_argument("--no-figures", dest="figures", action="store_false", default=True, help="skip the figures")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bars")
     p.set_defaults(func=run)
@@ -176,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
                         attack_options={a: attack_options[a] for a in attacks if a in attack_options},
                         blackbox_options={k: v for k, v in blackbox_options.items() if k in blackbox},
                         query_budget=args.query_budget, blocks=blocks, n_estimators=args.trees, jobs=args.jobs,
-                        figures=args.figures, progress=args.progress, on_estimate=_print_estimate)
+                        figures=args.figures, keep_earlier=args.keep_earlier, progress=args.progress,
+                        on_estimate=_print_estimate)
     print(f"clean accuracy {100 * result['clean_accuracy']:.2f}%")
     for name, per_size in result["detection"].items():
         s = result["attack_success"][name]

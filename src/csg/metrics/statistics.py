@@ -12,6 +12,9 @@ and binomial proportions.
   the delete-d jackknife with ``d = n/2``).
 * :func:`independent_bootstrap_interval`: one seed, items not shared (each model's own successful
   adversarial pairs): each side resampled on its own.
+* :func:`matched_bootstrap_mean_difference`: one seed, item sets that overlap (the black-box images and
+  detector pairs of two models: the first correctly classified images of one seeded order): the shared
+  items resampled together, each side's own items on their own.
 * :func:`wilson_interval`: a success rate ``k / n`` with its 95% Wilson score interval.
 
 Every interval is returned as a :class:`Interval` (mean, low, high, n, kind), so a reader can say whether
@@ -111,6 +114,40 @@ def independent_bootstrap_mean_difference(a, b, *, reps: int = 2000, seed: int =
     da = a[rng.integers(0, a.size, size=(reps, a.size))].mean(axis=1)
     db = b[rng.integers(0, b.size, size=(reps, b.size))].mean(axis=1)
     return _percentile(float(a.mean() - b.mean()), da - db, min(a.size, b.size), "bootstrap (independent)", level)
+
+
+def matched_bootstrap_mean_difference(a, ids_a, b, ids_b, *, reps: int = 2000, seed: int = 0,
+                                      level: float = 0.95) -> Interval:
+    """``mean(a) - mean(b)`` for per-item values of two item sets that share some items, named by ``ids``.
+
+    A stratified bootstrap: each resample draws the ``s`` shared items with replacement, once for both
+    sides (paired), and each side's ``n_a - s`` and ``n_b - s`` own items on their own, so every
+    resample keeps the sizes ``n_a`` and ``n_b``. With every item shared it is
+    :func:`paired_bootstrap_mean_difference`; with none, :func:`independent_bootstrap_mean_difference`.
+    Ids must be unique within each side.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ids_a, ids_b = np.asarray(ids_a).ravel(), np.asarray(ids_b).ravel()
+    if ids_a.size != a.size or ids_b.size != b.size:
+        raise CsgError(f"one id per item: {a.size} and {b.size} items, {ids_a.size} and {ids_b.size} ids")
+    if np.unique(ids_a).size != ids_a.size or np.unique(ids_b).size != ids_b.size:
+        raise CsgError("item ids repeat within one side; a matched bootstrap needs unique ids")
+    _, ia, ib = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
+    own_a, own_b = np.setdiff1d(np.arange(a.size), ia), np.setdiff1d(np.arange(b.size), ib)
+    rng = np.random.default_rng(seed)
+
+    def resampled_sums(values_by_side, count):
+        if count == 0:
+            return [np.zeros(reps) for _ in values_by_side]
+        idx = rng.integers(0, count, size=(reps, count))  # one draw for every side given: paired
+        return [v[idx].sum(axis=1) for v in values_by_side]
+
+    shared_a, shared_b = resampled_sums([a[ia], b[ib]], ia.size)
+    (own_sum_a,) = resampled_sums([a[own_a]], own_a.size)
+    (own_sum_b,) = resampled_sums([b[own_b]], own_b.size)
+    draws = (shared_a + own_sum_a) / a.size - (shared_b + own_sum_b) / b.size
+    return _percentile(float(a.mean() - b.mean()), draws, min(a.size, b.size),
+                       f"bootstrap (matched, {ia.size} shared)", level)
 
 
 def subsample_interval(statistic: Callable[[np.ndarray], float], n_items: int, *, reps: int = 200,

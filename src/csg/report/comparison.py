@@ -7,9 +7,10 @@ Differences (method minus STD, same data and architecture):
 * several seeds that both methods ran: one difference per seed, ``mean +- t_{0.975, n-1} sd / sqrt(n)``
   (:func:`csg.metrics.paired_t_interval`);
 * one seed: a bootstrap over the test items behind the number - paired when both runs scored the same
-  items (accuracy: the test images; localization: the same canvases), independent when each run has
-  its own items (detector test pairs, black-box images); MIS and gap closed by subsampling without
-  replacement, since a duplicated image would sit at distance 0 from itself in the k-NN MI estimator.
+  items (accuracy: the test images; localization: the same canvases), matched by image id when the two
+  item sets overlap (black-box images, detector test pairs: the shared items resampled together, each
+  run's own items on their own); MIS and gap closed by subsampling without replacement, since a
+  duplicated image would sit at distance 0 from itself in the k-NN MI estimator.
 
 ``excludes_zero`` says whether the interval decides the sign of the difference.
 """
@@ -27,7 +28,8 @@ from ..core.run_files import (ADVERSARIAL, ADVERSARIAL_ARRAYS, ANALYSIS, FEATURE
                               LOCALIZATION_ARRAYS)
 from ..metrics import (mis_ceiling, mutual_information_matrix, paired_bootstrap_mean_difference,
                        paired_t_interval, subsample_interval)
-from ..metrics.statistics import Interval, independent_bootstrap_mean_difference, paired_bootstrap_interval
+from ..metrics.statistics import (Interval, independent_bootstrap_mean_difference, matched_bootstrap_mean_difference,
+                                  paired_bootstrap_interval)
 
 SCHEMA = "csg.comparison/2"
 BASELINE = "std"
@@ -262,22 +264,29 @@ def _one_seed_interval(metric: str, a: RunResults, b: RunResults, *, reps: int, 
         if ia is None or ib is None:
             return None
 
-        def items(arrays: dict) -> np.ndarray | None:
-            # detector: the share of repeats that got each clean and each adversarial test item wrong;
-            # black-box: success per attacked image. Each model has its own items: independent resamples.
+        def items(arrays: dict) -> tuple[np.ndarray, np.ndarray] | None:
+            # (values, ids). Detector: the share of repeats that got each clean and each adversarial test
+            # pair wrong, named 2*id and 2*id+1; black-box: success per attacked image, named by its id.
             if metric.startswith("detection."):
                 _, attack, size = metric.split(".", 2)
                 keys = (f"{attack}.n{size}.clean_correct", f"{attack}.n{size}.adv_correct")
-                if not all(k in arrays for k in keys):
+                if not all(k in arrays for k in (*keys, f"{attack}.test_ids")):
                     return None
-                return 1.0 - np.concatenate([np.asarray(arrays[k], dtype=np.float64).ravel() for k in keys])
-            key = f"{metric.split('.', 1)[1]}.success"
-            return np.asarray(arrays[key], dtype=np.float64) if key in arrays else None
+                ids = np.asarray(arrays[f"{attack}.test_ids"], dtype=np.int64).ravel()
+                values = 1.0 - np.concatenate([np.asarray(arrays[k], dtype=np.float64).ravel() for k in keys])
+                return values, np.concatenate([2 * ids, 2 * ids + 1])
+            attack = metric.split(".", 1)[1]
+            if f"{attack}.success" not in arrays or f"{attack}.ids" not in arrays:
+                return None
+            return np.asarray(arrays[f"{attack}.success"], dtype=np.float64), np.asarray(arrays[f"{attack}.ids"])
 
         xa, xb = items(ia), items(ib)
-        if xa is None or xb is None or not xa.size or not xb.size:
+        if xa is None or xb is None or not xa[0].size or not xb[0].size:
             return None
-        return independent_bootstrap_mean_difference(xa, xb, reps=reps, seed=seed)
+        if any(ids.size != values.size or np.unique(ids).size != ids.size for values, ids in (xa, xb)):
+            # ids that do not name one item each cannot match items: each side resampled on its own
+            return independent_bootstrap_mean_difference(xa[0], xb[0], reps=reps, seed=seed)
+        return matched_bootstrap_mean_difference(xa[0], xa[1], xb[0], xb[1], reps=reps, seed=seed)
     return None
 
 
