@@ -41,25 +41,29 @@ def write_result(run: str | RunDir, result: AdversarialResult) -> dict[str, Any]
     return summary
 
 
-def _earlier(run: RunDir) -> tuple[dict | None, dict[str, np.ndarray], str | None]:
-    """The run's earlier summary and arrays, or ``(None, {}, why)`` when they cannot be used."""
+def _earlier_summary(run: RunDir) -> tuple[dict | None, str | None]:
+    """The run's earlier summary, or ``(None, why)`` when it cannot be used."""
     if not run.has(JSON_NAME):
-        return None, {}, None
+        return None, None
     try:
         summary = run.read_json(JSON_NAME)
     except (CsgError, OSError, ValueError) as exc:  # a damaged file is replaced; this call's work is kept
-        return None, {}, f"the earlier {JSON_NAME} could not be read ({type(exc).__name__}); it was replaced"
+        return None, f"the earlier {JSON_NAME} could not be read ({type(exc).__name__}); it was replaced"
     if not isinstance(summary, dict) or summary.get("schema") != SCHEMA:
-        return None, {}, f"the earlier {JSON_NAME} is not schema {SCHEMA}; it was replaced"
-    arrays: dict[str, np.ndarray] = {}
-    if summary.get("arrays_file") and run.has(str(summary["arrays_file"])):
-        try:
-            with np.load(run.file(str(summary["arrays_file"])), allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            return None, {}, (f"the earlier {summary['arrays_file']} could not be read ({type(exc).__name__}); "
-                              f"{JSON_NAME} was replaced")
-    return summary, arrays, None
+        return None, f"the earlier {JSON_NAME} is not schema {SCHEMA}; it was replaced"
+    return summary, None
+
+
+def _earlier_arrays(run: RunDir, summary: dict) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The arrays of the earlier summary (``{}`` when it has none), or ``(None, why)``."""
+    name = summary.get("arrays_file")
+    if not name or not run.has(str(name)):
+        return {}, None
+    try:
+        with np.load(run.file(str(name)), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}, None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return None, f"the earlier {name} could not be read ({type(exc).__name__}); {JSON_NAME} was replaced"
 
 
 def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
@@ -71,7 +75,7 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
     (``{attack}.*``) and the earlier call's settings (``summary["earlier_settings"][attack]``).
     Returns the names kept.
     """
-    earlier, arrays, why = _earlier(run)
+    earlier, why = _earlier_summary(run)
     notes = result.summary.setdefault("notes", [])
     if why:
         notes.append(why)
@@ -93,10 +97,15 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
             notes.append(f"the earlier results of {', '.join(names)} do not name their weights and the checkpoint "
                          "is newer than them; they were dropped")
             return []
-        notes.append(f"kept {', '.join(names)} from an earlier {JSON_NAME} that does not name its weights: the "
-                     "checkpoint is older than that file")
+        kept = (f"kept {', '.join(names)} from an earlier {JSON_NAME} that does not name its weights: the "
+                "checkpoint is older than that file")
     else:
-        notes.append(f"kept {', '.join(names)} from an earlier call on the same weights (not run again)")
+        kept = f"kept {', '.join(names)} from an earlier call on the same weights (not run again)"
+    arrays, why = _earlier_arrays(run, earlier)  # read only when something is kept
+    if arrays is None:
+        notes.append(why)
+        return []
+    notes.append(kept)
     kept_settings = result.summary.setdefault("earlier_settings", {})
     for name in names:
         for sec in sections:

@@ -283,10 +283,10 @@ def _one_seed_interval(metric: str, a: RunResults, b: RunResults, *, reps: int, 
         xa, xb = items(ia), items(ib)
         if xa is None or xb is None or not xa[0].size or not xb[0].size:
             return None
-        if any(ids.size != values.size or np.unique(ids).size != ids.size for values, ids in (xa, xb)):
-            # ids that do not name one item each cannot match items: each side resampled on its own
+        try:
+            return matched_bootstrap_mean_difference(xa[0], xa[1], xb[0], xb[1], reps=reps, seed=seed)
+        except CsgError:  # ids that do not name one item each cannot match items: each side on its own
             return independent_bootstrap_mean_difference(xa[0], xb[0], reps=reps, seed=seed)
-        return matched_bootstrap_mean_difference(xa[0], xa[1], xb[0], xb[1], reps=reps, seed=seed)
     return None
 
 
