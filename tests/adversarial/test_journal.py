@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from csg.adversarial import local_search_attack, one_pixel_attack
-from csg.adversarial.journal import BlackBoxJournal, attack_in_pieces, fingerprint, journal_path
+from csg.adversarial.journal import BlackBoxJournal, attack_in_pieces, journal_path
+from csg.core.fingerprint import fingerprint
 
 from test_blackbox import BrightPixel, dark_images
 

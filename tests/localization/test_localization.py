@@ -249,6 +249,30 @@ def test_localize_pipeline_perfect_filter():
         assert res[m]["total"]["avg_iou"] == res[m]["avg_iou"]
 
 
+
+def test_localize_names_the_filters_whose_activmap_region_is_the_whole_image():
+    """A sparse filter (non-zero on 6 of 64 cells of each image, < 30%) has a top-30% level of exactly 0,
+    so its region is every pixel and its IoU is the mask's share of the image (25/64), whatever it
+    responds to; localize marks it and says so in a note. The mask-shaped filter is not marked."""
+    n, h = 6, 8
+    masks = torch.zeros(n, h, h, dtype=torch.bool)
+    sparse = torch.zeros(n, h, h, dtype=torch.bool)
+    for i in range(n):
+        masks[i, i % 3:i % 3 + 5, 1:6] = True      # 25 of 64 pixels
+        sparse[i, 7, i % 2:i % 2 + 6] = True       # 6 pixels, off the object
+    images = torch.stack([masks, sparse], 1).to(torch.uint8) * 255
+    from csg.data.dataset import ImageDataset
+
+    ds = ImageDataset(name="fashion-mnist-clutter", images=images, labels=torch.arange(n) % 2,
+                      classes=["a", "b"], masks=masks)
+    model = GatedClassifier(_MaskFilterNet(), "", 2, num_filters=2).eval()
+    res = localize(model, ds, ["activmap", "cam"], quantile=0.3, batch_size=4, in_channels=2)
+    assert res["activmap"]["settings"]["whole_image_filters"] == [1]
+    assert res["activmap"]["per_filter"]["avg_iou"][1] == pytest.approx(25 / 64)
+    assert res["activmap"]["per_filter"]["avg_iou"][0] == 1.0
+    assert len(res["notes"]) == 1 and res["notes"][0].startswith("activmap: 1 of 2 filters")
+    assert "whole image" in res["notes"][0] and "30%" in res["notes"][0]
+    assert "whole_image_filters" not in res["cam"]["settings"]    # CAM's rule is the image's own level
 def test_localize_says_its_estimate_up_front_without_a_progress_bar(capsys):
     """``--no-progress`` (logs of long runs) still gets each method's first-batch estimate, on stderr."""
     from csg.data.dataset import ImageDataset
@@ -332,3 +356,80 @@ def test_localize_refuses_an_unconverged_csg_run_unless_allowed(tmp_path):
     assert check_converged(run) is None
     run.update_metrics({"l1_density": 0.5, "gate_fixed": True})  # a fixed layout has no convergence to check
     assert check_converged(run) is None
+
+
+def test_csg_localize_keeps_the_earlier_methods_it_does_not_score_for_the_same_weights_and_images(
+        tmp_path, tiny_idx_dir, monkeypatch, capsys):
+    """A second `csg localize --methods cam` keeps the earlier ActivMap (scores, per-image IoUs, figure)
+    instead of dropping it; other images, other weights or --replace drop it, with a note. (GradMap is
+    left out to keep the test fast; every map method goes through the same code.)"""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from csg.cli import main
+
+    monkeypatch.setenv("CSG_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["train", "--data", "fashion-mnist-clutter", "--data-dir", str(tiny_idx_dir), "--arch", "resnet20",
+                 "--method", "std", "--epochs", "1", "--subset", "40", "--batch-size", "40", "--out", str(run),
+                 "--no-progress", "--seed", "0", "--device", "cpu", "--no-evaluate", "--eval-every", "0"]) == 0
+    common = ["localize", str(run), "--no-progress", "--device", "cpu"]
+    both = ["--methods", "activmap,cam"]
+    assert main(common + ["--max-images", "4"] + both) == 0
+    first = json.loads((run / "localization.json").read_text())
+    first_arrays = dict(np.load(run / "localization.npz"))
+    assert len(first["model_sha256"]) == 64
+
+    assert main(common + ["--max-images", "4", "--methods", "cam"]) == 0
+    second = json.loads((run / "localization.json").read_text())
+    arrays = np.load(run / "localization.npz")
+    for m in ("activmap",):
+        assert second[m] == first[m]
+        np.testing.assert_array_equal(arrays[f"{m}_ious"], first_arrays[f"{m}_ious"])
+    assert {f["path"] for f in second["figures"]} == {f["path"] for f in first["figures"]}
+    assert any(n.startswith("kept activmap ") for n in second["notes"])
+    assert "(kept from the earlier call)" in capsys.readouterr().out
+
+    assert main(common + ["--max-images", "3", "--methods", "cam"]) == 0      # other images: dropped
+    third = json.loads((run / "localization.json").read_text())
+    assert "activmap" not in third and any("other images" in n for n in third["notes"])
+
+    assert main(common + ["--max-images", "3"] + both) == 0
+    with safe_open(str(run / "checkpoint.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    weights = load_file(str(run / "checkpoint.safetensors"))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = weights[name] + 0.01                                      # "trained again"
+    save_file(weights, str(run / "checkpoint.safetensors"), metadata=meta)
+    assert main(common + ["--max-images", "3", "--methods", "cam"]) == 0
+    fourth = json.loads((run / "localization.json").read_text())
+    assert "activmap" not in fourth and any("other weights" in n for n in fourth["notes"])
+
+    assert main(common + ["--max-images", "3"] + both) == 0
+    assert main(common + ["--max-images", "3", "--methods", "cam", "--replace"]) == 0
+    fifth = json.loads((run / "localization.json").read_text())
+    assert "activmap" not in fifth and set(np.load(run / "localization.npz").files) == \
+        {"image_index", "labels", "cam_ious"}
+
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / 'src')!r})
+from csg.core.lock import RunLock
+with RunLock({str(run)!r}):
+    print("locked", flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:                                                                      # a second writer is refused
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert main(common + ["--max-images", "3", "--methods", "cam"]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "localizing" in err
+    finally:
+        holder.kill()
+        holder.wait()

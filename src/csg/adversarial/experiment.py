@@ -39,7 +39,8 @@ from .attacks import ATTACKS, build_attack, perturbation_norms
 from .blackbox import BLACKBOX, local_search_rounds, one_pixel_generations
 from .collect import AttackCost, PairCollector
 from .detector import BlockFeatures, default_jobs, detection_experiment
-from .journal import PIECE, BlackBoxJournal, attack_in_pieces, fingerprint, model_fingerprint
+from ..core.fingerprint import fingerprint, model_fingerprint
+from .journal import PIECE, BlackBoxJournal, attack_in_pieces
 from .progress import FORWARD, WorkMeter
 from .stats import rate_summary
 from .targets import random_targets

@@ -12,7 +12,6 @@ is written.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -26,28 +25,6 @@ from .blackbox import BlackBoxResult
 
 #: Images per piece: local search's batch of images (pieces must start at its multiples to resume exactly).
 PIECE = 16
-
-
-def fingerprint(**parts: Any) -> str:
-    """A sha256 over ``parts``: tensors and arrays by their bytes, dtype and shape, the rest as JSON."""
-    digest = hashlib.sha256()
-    for key in sorted(parts):
-        value = parts[key]
-        digest.update(key.encode())
-        if torch.is_tensor(value):
-            value = value.detach().cpu().numpy()
-        if isinstance(value, np.ndarray):
-            arr = np.ascontiguousarray(value)
-            digest.update(f"{arr.dtype.str}{arr.shape}".encode())
-            digest.update(arr.tobytes())
-        else:
-            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A sha256 of a model's parameters and buffers (names, shapes and values)."""
-    return fingerprint(**{name: t for name, t in model.state_dict().items() if torch.is_tensor(t)})
 
 
 class BlackBoxJournal:
@@ -131,4 +108,4 @@ def journal_path(folder: str | Path, attack: str) -> Path:
     return Path(folder) / f"adversarial.{attack}.partial.npz"
 
 
-__all__ = ["BlackBoxJournal", "PIECE", "attack_in_pieces", "fingerprint", "model_fingerprint", "journal_path"]
+__all__ = ["BlackBoxJournal", "PIECE", "attack_in_pieces", "journal_path"]

@@ -16,12 +16,9 @@ drop a one-pixel result that took an hour. It is kept only for the same weights 
 """
 from __future__ import annotations
 
-import zipfile
 from typing import Any
 
-import numpy as np
-
-from ..core.errors import CsgError
+from ..runs.earlier import read_earlier_json, read_earlier_npz, same_weights
 from ..runs.rundir import RunDir
 from .experiment import SCHEMA, AdversarialResult, compute_adversarial
 from .journal import journal_path
@@ -41,31 +38,6 @@ def write_result(run: str | RunDir, result: AdversarialResult) -> dict[str, Any]
     return summary
 
 
-def _earlier_summary(run: RunDir) -> tuple[dict | None, str | None]:
-    """The run's earlier summary, or ``(None, why)`` when it cannot be used."""
-    if not run.has(JSON_NAME):
-        return None, None
-    try:
-        summary = run.read_json(JSON_NAME)
-    except (CsgError, OSError, ValueError) as exc:  # a damaged file is replaced; this call's work is kept
-        return None, f"the earlier {JSON_NAME} could not be read ({type(exc).__name__}); it was replaced"
-    if not isinstance(summary, dict) or summary.get("schema") != SCHEMA:
-        return None, f"the earlier {JSON_NAME} is not schema {SCHEMA}; it was replaced"
-    return summary, None
-
-
-def _earlier_arrays(run: RunDir, summary: dict) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """The arrays of the earlier summary (``{}`` when it has none), or ``(None, why)``."""
-    name = summary.get("arrays_file")
-    if not name or not run.has(str(name)):
-        return {}, None
-    try:
-        with np.load(run.file(str(name)), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}, None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        return None, f"the earlier {name} could not be read ({type(exc).__name__}); {JSON_NAME} was replaced"
-
-
 def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
     """Add to ``result`` the attacks of the run's earlier ``adversarial.json`` that it did not run.
 
@@ -75,7 +47,7 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
     (``{attack}.*``) and the earlier call's settings (``summary["earlier_settings"][attack]``).
     Returns the names kept.
     """
-    earlier, why = _earlier_summary(run)
+    earlier, why = read_earlier_json(run, JSON_NAME, SCHEMA)
     notes = result.summary.setdefault("notes", [])
     if why:
         notes.append(why)
@@ -86,26 +58,15 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
     names = sorted({n for sec in sections for n in (earlier.get(sec) or {}) if n not in ran})
     if not names:
         return []
-    same = earlier.get("model_sha256")
-    if same is not None and same != result.summary.get("model_sha256"):
-        notes.append(f"the earlier results of {', '.join(names)} were for other weights (the model was trained "
-                     "again); they were dropped")
+    keep, note = same_weights(run, JSON_NAME, earlier.get("model_sha256"), result.summary.get("model_sha256"), names)
+    if not keep:
+        notes.append(note)
         return []
-    if same is None:
-        json_time = run.file(JSON_NAME).stat().st_mtime
-        if not run.checkpoint_path.exists() or run.checkpoint_path.stat().st_mtime > json_time:
-            notes.append(f"the earlier results of {', '.join(names)} do not name their weights and the checkpoint "
-                         "is newer than them; they were dropped")
-            return []
-        kept = (f"kept {', '.join(names)} from an earlier {JSON_NAME} that does not name its weights: the "
-                "checkpoint is older than that file")
-    else:
-        kept = f"kept {', '.join(names)} from an earlier call on the same weights (not run again)"
-    arrays, why = _earlier_arrays(run, earlier)  # read only when something is kept
+    arrays, why = read_earlier_npz(run, earlier.get("arrays_file"), JSON_NAME)  # read only when something is kept
     if arrays is None:
         notes.append(why)
         return []
-    notes.append(kept)
+    notes.append(note)
     kept_settings = result.summary.setdefault("earlier_settings", {})
     for name in names:
         for sec in sections:

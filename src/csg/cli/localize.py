@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="GradMap region: value > THRESHOLD [1]")
     p.add_argument("--quantile", type=float, default=None,
                    help="ActivMap / CAM region: the top QUANTILE share of values [0.3]")
+    p.add_argument("--replace", action="store_true",
+                   help="drop the map methods of the earlier RUN/localization.json that this call does not score "
+                        "(by default they are kept, for the same weights and images)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (lowered for big models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-images draw")
@@ -81,13 +84,17 @@ def run(args: argparse.Namespace) -> int:
     result = localize_run(run_dir, args.data, methods, data_dir=args.data_dir, split=args.split,
                           device=resolve_device(args.device), sigma=args.sigma, threshold=args.threshold,
                           quantile=args.quantile, max_images=max_images, batch_size=args.batch_size,
-                          allow_unconverged=args.allow_unconverged,
+                          allow_unconverged=args.allow_unconverged, keep_earlier=not args.replace,
                           seed=args.seed, progress=args.progress)
     w = max(10, *(len(m) for m in methods))  # captum:IntegratedGradients is longer than gradmap
     print(f"{'method':<{w}} {'avg_iou':>8} {'ap20':>7} {'ap30':>7}   ({result['num_images']} images of {result['data']})")
     for m in methods:
         r = result[m]
         print(f"{m:<{w}} {r['avg_iou']:>8.4f} {r['ap20']:>7.4f} {r['ap30']:>7.4f}")
+    kept = [m for m, v in result.items() if isinstance(v, dict) and "avg_iou" in v and m not in methods]
+    for m in kept:
+        r = result[m]
+        print(f"{m:<{w}} {r['avg_iou']:>8.4f} {r['ap20']:>7.4f} {r['ap30']:>7.4f}   (kept from the earlier call)")
     for note in result.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {run_dir.path / LOCALIZATION}")

@@ -379,6 +379,12 @@ class ExactQuantile:
         self._bmin = torch.full((m, self.bins), float("inf"), dtype=torch.float64)
         self._bmax = torch.full((m, self.bins), float("-inf"), dtype=torch.float64)
 
+    def minimum(self) -> torch.Tensor:
+        """``K`` float64: each channel's smallest value seen (read off the first pass's histogram)."""
+        if self.first.counts is None:
+            raise CsgError("exact quantile: no values were added")
+        return self.first.bmin.min(dim=1).values.cpu()
+
     def quantile(self) -> torch.Tensor:
         """``K`` float64 levels (after the last pass)."""
         if not self.done:
@@ -396,7 +402,9 @@ class DatasetQuantile(RegionRule):
 
     When a sparse filter's zeros are more than ``1 - q`` of its cells the level is exactly 0 and the
     rule's region is every cell (``m >= 0``): that is what the rule says, and it scores such a filter
-    as covering the whole image.
+    as covering the whole image, i.e. IoU = the mask's share of the image whatever the filter does.
+    :attr:`whole_image` marks those filters (level <= the filter's smallest value) and :meth:`describe`
+    counts them, so that a table can say how much of a method's score is this floor.
     """
 
     needs_fit = True
@@ -412,6 +420,7 @@ class DatasetQuantile(RegionRule):
     def reset(self) -> None:
         self._exact = None
         self.levels = None
+        self.whole_image = None
         self.needs_fit = True
 
     def update(self, maps: torch.Tensor) -> None:
@@ -422,6 +431,7 @@ class DatasetQuantile(RegionRule):
     def end_pass(self) -> None:
         if self._exact.end_pass():
             self.levels = self._exact.quantile()
+            self.whole_image = self.levels <= self._exact.minimum()
             self.needs_fit = False
 
     def finish(self) -> torch.Tensor:
@@ -440,4 +450,6 @@ class DatasetQuantile(RegionRule):
         d = {"rule": "value >= filter's top-q level over the evaluation set (exact)", "quantile": self.q}
         if self._exact is not None:
             d["level_passes"] = self._exact.passes
+        if self.whole_image is not None:
+            d["whole_image_filters"] = torch.nonzero(self.whole_image).squeeze(1).tolist()
         return d

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from ..core.errors import CsgError
+from ..core.fingerprint import model_fingerprint
 from ..core.run_files import LOCALIZATION, LOCALIZATION_ARRAYS
+from ..runs.earlier import read_earlier_json, read_earlier_npz, same_weights
 from .maps import MapMethod, build_method, check_method_names
 from .scoring import FilterScores, ImageScores, iou
 
@@ -197,15 +199,22 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
     model.eval()
     index = select_images(len(dataset.labels), max_images, seed)
     out: dict = {"schema": SCHEMA, "num_images": int(index.numel()), "data": dataset.name,
-                 "image_seed": int(seed), "max_images": max_images}
+                 "image_seed": int(seed), "max_images": max_images, "model_sha256": model_fingerprint(model)}
     arrays = {"image_index": index.numpy().astype(np.int64), "labels": dataset.labels[index].numpy().astype(np.int64)}
-    figures = []
+    figures, notes = [], []
     for name in methods:
         method = build_method(name, sigma=sigma, threshold=threshold, quantile=quantile)
         result, rule = score_method(method, model, dataset, index, batch_size=batch_size, device=device,
                                     progress=progress)
         arrays[f"{name}_ious"] = result.pop("_image_ious")
         out[name] = result
+        whole = result["settings"].get("whole_image_filters") or []
+        if whole:
+            notes.append(f"{name}: {len(whole)} of {model.num_filters} filters have a dataset-level top-"
+                         f"{result['settings']['quantile']:.0%} level equal to their smallest value (their "
+                         "zeros fill most of their cells), so the rule's region is the whole image and each "
+                         "of them scores the object's share of the image, whatever it responds to "
+                         "(settings.whole_image_filters)")
         if figures_dir is not None:
             from .figures import overlay_grid
 
@@ -219,23 +228,69 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
                                        f"mask and the predicted region (avg IoU {result['avg_iou']:.3f}, "
                                        f"AP20 {result['ap20']:.3f}, AP30 {result['ap30']:.3f})."})
     out["figures"] = figures
+    out["notes"] = notes
     out["per_image"] = arrays
     return out
 
 
+def carry_over(run, result: dict, arrays: dict) -> list[str]:
+    """Add to ``result`` (and its per-image ``arrays``) the map methods of the run's earlier
+    ``localization.json`` that this call did not score: their scores, their ``{method}_ious``, their
+    figures and notes. Kept only when they were taken on the same images (data, split, draw and image
+    index) with the same weights (:func:`csg.runs.earlier.same_weights`). Returns the names kept."""
+    earlier, why = read_earlier_json(run, LOCALIZATION, SCHEMA)
+    notes = result.setdefault("notes", [])
+    if why:
+        notes.append(why)
+    if earlier is None:
+        return []
+    ran = {k for k, v in result.items() if isinstance(v, dict) and "avg_iou" in v}
+    names = [k for k, v in earlier.items() if isinstance(v, dict) and "avg_iou" in v and k not in ran]
+    if not names:
+        return []
+    what = ", ".join(names)
+    keys = ("data", "split", "image_seed", "max_images", "num_images")
+    if any(earlier.get(k) != result.get(k) for k in keys):
+        notes.append(f"the earlier results of {what} were on other images ("
+                     + ", ".join(f"{k} {earlier.get(k)}" for k in keys if earlier.get(k) != result.get(k))
+                     + "); they were dropped")
+        return []
+    keep, note = same_weights(run, LOCALIZATION, earlier.get("model_sha256"), result.get("model_sha256"), names)
+    if not keep:
+        notes.append(note)
+        return []
+    old, why = read_earlier_npz(run, LOCALIZATION_ARRAYS, LOCALIZATION)
+    if old is None or not np.array_equal(old.get("image_index"), arrays["image_index"]) or \
+            any(f"{m}_ious" not in old for m in names):
+        notes.append(why or f"the earlier {LOCALIZATION_ARRAYS} does not hold the images or scores of {what}; "
+                            "they were dropped")
+        return []
+    notes.append(note)
+    for m in names:
+        result[m] = earlier[m]
+        arrays[f"{m}_ious"] = old[f"{m}_ious"]
+        stem = f"figures/localization_{m.replace(':', '-')}.png"
+        result["figures"].extend(f for f in earlier.get("figures", []) if isinstance(f, dict) and f.get("path") == stem)
+        notes.extend(n for n in earlier.get("notes", []) if isinstance(n, str) and n.startswith(f"{m}:"))
+    return names
+
+
 def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradmap", "activmap", "cam"), *,
                  data_dir: str | None = None, split: str = "test", device="cpu", allow_unconverged: bool = False,
-                 dataset=None, **options) -> dict:
+                 dataset=None, keep_earlier: bool = True, **options) -> dict:
     """``csg localize``: load the run's model and the masked dataset, score, write ``RUN/localization.json``.
 
     ``dataset``: your own images with object masks instead of a built-in masked set: a torch ``Dataset`` of
     ``(image, label, mask)`` (mask H x W, nonzero on the object), a ``DataLoader`` of such batches, or a csg
     dataset with masks.
+    ``keep_earlier``: keep the map methods of the earlier ``localization.json`` that this call does not
+    score (:func:`carry_over`; never with your own ``dataset``). One writer at a time (the run's lock).
     """
     from ..data import load_dataset
 
     cfg = run.config
     name = data or cfg.get("data")
+    own_data = dataset is not None
     if dataset is not None:
         note = check_converged(run, allow_unconverged=allow_unconverged)
         dataset = run.dataset(dataset, split, with_masks=True)
@@ -248,12 +303,16 @@ def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradma
         note = check_converged(run, allow_unconverged=allow_unconverged)
         dataset = load_dataset(name, split=split, data_dir=data_dir if data_dir is not None else cfg.get("data_dir"))
     model = run.load_model(device)
-    result = localize(model, dataset, methods, device=device, figures_dir=run.figures_dir,
-                      in_channels=cfg.get("in_channels"), **options)
-    result["split"] = split
-    result["notes"] = [note] if note else []
-    run.write_npz(LOCALIZATION_ARRAYS, **result.pop("per_image"))
-    run.write_json(LOCALIZATION, result)
-    summary = {f"loc_{m}_{k}": result[m][k] for m in methods for k in ("avg_iou", "ap20", "ap30")}
-    run.update_metrics(summary)
+    with run.lock("localizing"):
+        result = localize(model, dataset, methods, device=device, figures_dir=run.figures_dir,
+                          in_channels=cfg.get("in_channels"), **options)
+        result["split"] = split
+        result["notes"] = ([note] if note else []) + result.get("notes", [])
+        arrays = result.pop("per_image")
+        if keep_earlier and not own_data:
+            carry_over(run, result, arrays)
+        run.write_npz(LOCALIZATION_ARRAYS, **arrays)
+        run.write_json(LOCALIZATION, result)
+        scored = [m for m, v in result.items() if isinstance(v, dict) and "avg_iou" in v]
+        run.update_metrics({f"loc_{m}_{k}": result[m][k] for m in scored for k in ("avg_iou", "ap20", "ap30")})
     return result
