@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from csg.experiment import build_plan, get_profile
 

@@ -412,6 +412,12 @@ def test_csg_localize_keeps_the_earlier_methods_it_does_not_score_for_the_same_w
     assert "activmap" not in fifth and set(np.load(run / "localization.npz").files) == \
         {"image_index", "labels", "cam_ious"}
 
+    assert main(common + ["--max-images", "3"] + both) == 0                  # a new npz beside the old json
+    np.savez(run / "localization.npz", **dict(np.load(run / "localization.npz"), cam_ious=np.zeros(3)))
+    assert main(common + ["--max-images", "3", "--methods", "cam"]) == 0
+    sixth = json.loads((run / "localization.json").read_text())
+    assert "activmap" not in sixth and any("interrupted write" in n for n in sixth["notes"])
+
     import subprocess
     import sys
     from pathlib import Path

@@ -1,9 +1,7 @@
 """CSG+: its terms against hand-computed values, each one switchable, and CSG+ with them off is CSG."""
 from __future__ import annotations
 
-import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

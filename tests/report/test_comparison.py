@@ -125,3 +125,33 @@ def test_one_seed_black_box_difference_pairs_the_images_both_models_were_attacke
     diff = next(d for d in result["differences"] if d["metric"] == "blackbox.one-pixel")
     assert diff["kind"] == "bootstrap (matched, 96 shared)" and diff["mean"] == 0
     assert -0.04 <= diff["low"] <= 0 <= diff["high"] <= 0.04
+
+
+def test_arrays_from_another_call_than_their_summary_are_not_resampled(tmp_path):
+    """json and npz are two atomic writes; a kill between them leaves a new npz beside the old json. The
+    summary records its npz's sha256, and compare resamples only a matching file (and says so otherwise)."""
+    from csg.core.io import file_sha256
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, method in (("std", "std"), ("csg", "csg")):
+        path = _run(tmp_path / name, method, 0, 0.9, 0.2)
+        success = rng.random(100) < 0.3
+        np.savez(path / "adversarial.npz", **{"one-pixel.ids": np.arange(100), "one-pixel.success": success})
+        (path / "adversarial.json").write_text(json.dumps({
+            "schema": "csg.adversarial/2", "clean_accuracy": 0.9, "detection": {}, "attack_success": {},
+            "blackbox": {"one-pixel": {"success_rate": float(success.mean()), "attempted": 100}},
+            "arrays_file": "adversarial.npz", "arrays_sha256": file_sha256(path / "adversarial.npz")}))
+        paths.append(path)
+
+    def one_pixel(result):
+        return [d for d in result["differences"] if d["metric"] == "blackbox.one-pixel"]
+
+    result, _ = compare(paths, reps=200)
+    assert one_pixel(result)[0]["kind"].startswith("bootstrap (matched") and not result["notes"]
+    np.savez(paths[1] / "adversarial.npz", **{"one-pixel.ids": np.arange(100),        # another call's file
+                                              "one-pixel.success": np.ones(100, bool)})
+    result, _ = compare(paths, reps=200)
+    assert not any(d["kind"].startswith("bootstrap") for d in one_pixel(result))
+    assert [n for n in result["notes"] if "adversarial.npz is not the file" in n] and \
+        result["notes"][0].startswith("csg:")

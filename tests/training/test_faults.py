@@ -3,10 +3,8 @@ TOML value, a full disk, a second writer, and a run killed before its first chec
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

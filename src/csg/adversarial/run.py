@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.io import file_sha256
 from ..runs.earlier import read_earlier_json, read_earlier_npz, same_weights
 from ..runs.rundir import RunDir
 from .experiment import SCHEMA, AdversarialResult, compute_adversarial
@@ -32,8 +33,7 @@ def write_result(run: str | RunDir, result: AdversarialResult) -> dict[str, Any]
     run = run if isinstance(run, RunDir) else RunDir(run)
     summary = dict(result.summary)
     summary["arrays_file"] = NPZ_NAME if result.arrays else None
-    if result.arrays:
-        run.write_npz(NPZ_NAME, **result.arrays)
+    summary["arrays_sha256"] = file_sha256(run.write_npz(NPZ_NAME, **result.arrays)) if result.arrays else None
     run.write_json(JSON_NAME, summary)
     return summary
 
@@ -62,7 +62,8 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
     if not keep:
         notes.append(note)
         return []
-    arrays, why = read_earlier_npz(run, earlier.get("arrays_file"), JSON_NAME)  # read only when something is kept
+    arrays, why = read_earlier_npz(run, earlier.get("arrays_file"), JSON_NAME,
+                                   earlier.get("arrays_sha256"))  # read only when something is kept
     if arrays is None:
         notes.append(why)
         return []

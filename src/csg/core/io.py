@@ -7,6 +7,7 @@ rename survives a crash.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -110,6 +111,17 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes. A summary records the digest of the arrays file written beside it, so
+    that a reader can tell a pair from two different calls (json and npz are two atomic writes, and a
+    kill between them leaves the new npz beside the old json)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from ..core.errors import CsgError
 from ..core.fingerprint import model_fingerprint
+from ..core.io import file_sha256
 from ..core.run_files import LOCALIZATION, LOCALIZATION_ARRAYS
 from ..runs.earlier import read_earlier_json, read_earlier_npz, same_weights
 from .maps import MapMethod, build_method, check_method_names
@@ -259,7 +260,7 @@ def carry_over(run, result: dict, arrays: dict) -> list[str]:
     if not keep:
         notes.append(note)
         return []
-    old, why = read_earlier_npz(run, LOCALIZATION_ARRAYS, LOCALIZATION)
+    old, why = read_earlier_npz(run, LOCALIZATION_ARRAYS, LOCALIZATION, earlier.get("arrays_sha256"))
     if old is None or not np.array_equal(old.get("image_index"), arrays["image_index"]) or \
             any(f"{m}_ious" not in old for m in names):
         notes.append(why or f"the earlier {LOCALIZATION_ARRAYS} does not hold the images or scores of {what}; "
@@ -311,7 +312,7 @@ def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradma
         arrays = result.pop("per_image")
         if keep_earlier and not own_data:
             carry_over(run, result, arrays)
-        run.write_npz(LOCALIZATION_ARRAYS, **arrays)
+        result["arrays_sha256"] = file_sha256(run.write_npz(LOCALIZATION_ARRAYS, **arrays))
         run.write_json(LOCALIZATION, result)
         scored = [m for m, v in result.items() if isinstance(v, dict) and "avg_iou" in v]
         run.update_metrics({f"loc_{m}_{k}": result[m][k] for m in scored for k in ("avg_iou", "ap20", "ap30")})

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import CsgError
+from ..core.io import file_sha256
 from ..core.run_files import (ADVERSARIAL, ADVERSARIAL_ARRAYS, ANALYSIS, FEATURES, GRAPH, LOCALIZATION,
                               LOCALIZATION_ARRAYS)
 from ..metrics import (mis_ceiling, mutual_information_matrix, paired_bootstrap_mean_difference,
@@ -140,6 +141,13 @@ class RunResults:
         """The arrays behind a result (its ``.npz``), when the result was read and the file exists."""
         path = self.path / name
         if result is None or not path.is_file():
+            return None
+        recorded = result.get("arrays_sha256")
+        if recorded is not None and file_sha256(path) != recorded:
+            note = (f"{self.label}: {name} is not the file its summary was written with (an interrupted write?), "
+                    "so its per-item intervals are left out; re-run the command that wrote it")
+            if note not in self.notes:  # read once per pair of runs
+                self.notes.append(note)
             return None
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import CsgError
+from ..core.io import file_sha256
 from .rundir import RunDir
 
 
@@ -30,10 +31,15 @@ def read_earlier_json(run: RunDir, name: str, schema: str) -> tuple[dict | None,
     return summary, None
 
 
-def read_earlier_npz(run: RunDir, name: str | None, summary_name: str) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """The arrays of the earlier file ``name`` (``{}`` when there is none), or ``(None, why)``."""
+def read_earlier_npz(run: RunDir, name: str | None, summary_name: str,
+                     sha256: str | None = None) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The arrays of the earlier file ``name`` (``{}`` when there is none), or ``(None, why)``; with
+    ``sha256`` (the digest the summary recorded) a file from another call is refused."""
     if not name or not run.has(str(name)):
         return {}, None
+    if sha256 is not None and file_sha256(run.file(str(name))) != sha256:
+        return None, (f"the earlier {name} is not the file {summary_name} was written with (an interrupted "
+                      f"write?); the earlier results were dropped")
     try:
         with np.load(run.file(str(name)), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}, None
