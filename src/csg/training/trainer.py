@@ -536,7 +536,12 @@ def fit(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
         return trainer.fit()
     except BaseException as exc:
         # torchrun: a stopped rank or a collective timeout becomes one line naming the rank and the run
-        replacement = trainer.dist.on_error(exc, trainer.out)
+        try:
+            replacement = trainer.dist.on_error(exc, trainer.out)
+        except SystemExit:
+            # torchrun's SIGTERM landed while this rank was handling the broken collective, before on_error
+            # ignored it: handle the first error again (SIGTERM is ignored by now), so the line still comes
+            replacement = trainer.dist.on_error(exc, trainer.out)
         if replacement is None:
             raise
         raise replacement from exc
