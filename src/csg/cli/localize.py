@@ -58,7 +58,7 @@ def _positive_int(text, flag: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import CsgError
     from ..core.run_files import LOCALIZATION
-    from ..localization.run import localize_run
+    from ..localization.run import localize_run, scored_methods
     from ..runs.rundir import RunDir
     from ..core.device import resolve_device
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     for m in methods:
         r = result[m]
         print(f"{m:<{w}} {r['avg_iou']:>8.4f} {r['ap20']:>7.4f} {r['ap30']:>7.4f}")
-    kept = [m for m, v in result.items() if isinstance(v, dict) and "avg_iou" in v and m not in methods]
+    kept = [m for m in scored_methods(result) if m not in methods]
     for m in kept:
         r = result[m]
         print(f"{m:<{w}} {r['avg_iou']:>8.4f} {r['ap20']:>7.4f} {r['ap30']:>7.4f}   (kept from the earlier call)")

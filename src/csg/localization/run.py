@@ -234,6 +234,11 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
     return out
 
 
+def scored_methods(result: dict) -> list[str]:
+    """The map methods a ``localization.json`` holds scores for, in its order."""
+    return [k for k, v in result.items() if isinstance(v, dict) and "avg_iou" in v]
+
+
 def carry_over(run, result: dict, arrays: dict) -> list[str]:
     """Add to ``result`` (and its per-image ``arrays``) the map methods of the run's earlier
     ``localization.json`` that this call did not score: their scores, their ``{method}_ious``, their
@@ -245,8 +250,8 @@ def carry_over(run, result: dict, arrays: dict) -> list[str]:
         notes.append(why)
     if earlier is None:
         return []
-    ran = {k for k, v in result.items() if isinstance(v, dict) and "avg_iou" in v}
-    names = [k for k, v in earlier.items() if isinstance(v, dict) and "avg_iou" in v and k not in ran]
+    ran = set(scored_methods(result))
+    names = [k for k in scored_methods(earlier) if k not in ran]
     if not names:
         return []
     what = ", ".join(names)
@@ -314,6 +319,6 @@ def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradma
             carry_over(run, result, arrays)
         result["arrays_sha256"] = file_sha256(run.write_npz(LOCALIZATION_ARRAYS, **arrays))
         run.write_json(LOCALIZATION, result)
-        scored = [m for m, v in result.items() if isinstance(v, dict) and "avg_iou" in v]
-        run.update_metrics({f"loc_{m}_{k}": result[m][k] for m in scored for k in ("avg_iou", "ap20", "ap30")})
+        run.update_metrics({f"loc_{m}_{k}": result[m][k] for m in scored_methods(result)
+                            for k in ("avg_iou", "ap20", "ap30")})
     return result

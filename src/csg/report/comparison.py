@@ -76,6 +76,7 @@ class RunResults:
         self.label = self.path.resolve().name
         self.recorded_in: Path | None = None  # a run directory, not an earlier comparison's record
         self.notes: list[str] = []
+        self._arrays_read: dict[str, dict[str, np.ndarray] | None] = {}
         self.analysis = _read_json(self.path / ANALYSIS)
         self.localization = self._schema(LOCALIZATION, "csg.localization/2", "localize")
         self.adversarial = self._schema(ADVERSARIAL, "csg.adversarial/2", "attack")
@@ -139,15 +140,18 @@ class RunResults:
 
     def _arrays(self, result: dict | None, name: str) -> dict[str, np.ndarray] | None:
         """The arrays behind a result (its ``.npz``), when the result was read and the file exists."""
+        if name not in self._arrays_read:  # read (and checked) once, though every pair of runs asks
+            self._arrays_read[name] = self._read_arrays(result, name)
+        return self._arrays_read[name]
+
+    def _read_arrays(self, result: dict | None, name: str) -> dict[str, np.ndarray] | None:
         path = self.path / name
         if result is None or not path.is_file():
             return None
         recorded = result.get("arrays_sha256")
         if recorded is not None and file_sha256(path) != recorded:
-            note = (f"{self.label}: {name} is not the file its summary was written with (an interrupted write?), "
-                    "so its per-item intervals are left out; re-run the command that wrote it")
-            if note not in self.notes:  # read once per pair of runs
-                self.notes.append(note)
+            self.notes.append(f"{self.label}: {name} is not the file its summary was written with (an interrupted "
+                              "write?), so its per-item intervals are left out; re-run the command that wrote it")
             return None
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
