@@ -534,7 +534,7 @@ def test_csg_attack_resumes_an_interrupted_black_box_attack(tiny_csg_run, monkey
 
     monkeypatch.setitem(experiment.BLACKBOX, "one-pixel", killed_after_first_piece)
     assert main(argv) == 130
-    assert "finished black-box images are saved" in capsys.readouterr().err
+    assert "finished attack steps are saved" in capsys.readouterr().err
     assert journal_path(tiny_csg_run, "one-pixel").exists()
 
     calls.clear()
@@ -550,6 +550,88 @@ def test_csg_attack_resumes_an_interrupted_black_box_attack(tiny_csg_run, monkey
         for key in ("one-pixel.ids", "one-pixel.success", "one-pixel.queries"):
             np.testing.assert_array_equal(arrays[key], whole[key])
     assert not journal_path(tiny_csg_run, "one-pixel").exists()  # removed once the result is written
+
+
+def test_csg_attack_resumes_an_interrupted_white_box_collection_with_the_same_result(tiny_csg_run, monkeypatch,
+                                                                                    capsys):
+    import csg.adversarial.collect as collect
+    import csg.adversarial.journal as journal
+    from csg.cli import main
+
+    # Batches of 4 images: each attack's collection takes several steps. PGD draws its random starts from
+    # one generator across steps, so a resume that lost its random state would differ.
+    argv = ["attack", str(tiny_csg_run), "--train-sizes", "3", "--test-size", "2", "--repeats", "2",
+            "--success-samples", "10", "--pgd-steps", "2", "--cw-steps", "3", "--cw-search-steps", "1",
+            "--trees", "5", "--batch-size", "4", "--all-samples", "--blackbox", "none", "--device", "cpu",
+            "--no-progress", "--no-figures", "--replace"]
+    monkeypatch.setattr(journal, "SAVE_EVERY", 0.0)  # a journal write after every step
+    real, steps = collect.PairCollector.step, []
+
+    def counted(self, *a, **kw):
+        steps.append(self.attack.name)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(collect.PairCollector, "step", counted)
+    assert main(argv) == 0
+    whole = json.loads((tiny_csg_run / "adversarial.json").read_text())
+    with np.load(tiny_csg_run / "adversarial.npz") as arrays:
+        whole_arrays = {k: arrays[k] for k in arrays.files}
+    total = list(steps)
+    pgd_steps = [i for i, name in enumerate(total) if name == "pgd"]
+    assert len(pgd_steps) >= 3
+    stop_at = pgd_steps[2]  # PGD's third step: its first two (and FGSM's collection) are journaled
+
+    def killed(self, *a, **kw):
+        if len(steps) == stop_at:
+            raise KeyboardInterrupt
+        return counted(self, *a, **kw)
+
+    steps.clear()
+    monkeypatch.setattr(collect.PairCollector, "step", killed)
+    assert main(argv) == 130
+    assert "finished attack steps are saved" in capsys.readouterr().err
+    assert journal.journal_path(tiny_csg_run, "pgd").exists() and journal.journal_path(tiny_csg_run, "fgsm").exists()
+    before = len(steps)
+
+    steps.clear()
+    monkeypatch.setattr(collect.PairCollector, "step", counted)
+    assert main(argv) == 0
+    assert before + len(steps) == len(total)  # no finished step was taken again
+    data = json.loads((tiny_csg_run / "adversarial.json").read_text())
+    assert any(note.startswith("pgd: resumed after") for note in data["notes"])
+    assert data["attack_success"]["pgd"]["resumed_images"] > 0
+    with np.load(tiny_csg_run / "adversarial.npz") as arrays:
+        assert set(arrays.files) == set(whole_arrays)
+        for key in arrays.files:
+            np.testing.assert_array_equal(arrays[key], whole_arrays[key], err_msg=key)
+    for name in ("fgsm", "pgd", "cw"):
+        for field in ("succeeded", "attempted", "passes", "images_attacked", "train_pairs_per_class"):
+            assert data["attack_success"][name][field] == whole["attack_success"][name][field], (name, field)
+        assert data["detection"][name] == whole["detection"][name]
+        assert not journal.journal_path(tiny_csg_run, name).exists()  # removed once the result is written
+
+
+def test_a_white_box_journal_for_other_settings_or_a_damaged_one_is_not_used(tiny_csg_run, monkeypatch):
+    import csg.adversarial.journal as journal
+    from csg.adversarial.experiment import compute_adversarial
+
+    monkeypatch.setattr(journal, "SAVE_EVERY", 0.0)
+    options = dict(attacks=["fgsm"], train_sizes=[3], test_size=2, repeats=1, success_samples=6, blackbox=[],
+                   successful_only=False, batch_size=4, n_estimators=5, device="cpu", progress=False,
+                   journal_dir=tiny_csg_run)
+    first = compute_adversarial(tiny_csg_run, **options)
+    assert journal.journal_path(tiny_csg_run, "fgsm").exists()  # compute never removes it; csg attack does
+    again = compute_adversarial(tiny_csg_run, **options)  # a finished collection: nothing attacked again
+    assert again.summary["attack_success"]["fgsm"]["resumed_images"] == first.summary["attack_success"]["fgsm"][
+        "images_attacked"]
+    other = compute_adversarial(tiny_csg_run, **{**options, "seed": 3})
+    assert other.summary["attack_success"]["fgsm"]["resumed_images"] == 0
+    assert any("written for other settings" in n for n in other.summary["notes"])
+    journal.journal_path(tiny_csg_run, "fgsm").write_bytes(b"PK\x03\x04 cut short")
+    damaged = compute_adversarial(tiny_csg_run, **options)
+    assert any("could not be read" in n for n in damaged.summary["notes"])
+    np.testing.assert_array_equal(damaged.arrays["fgsm.success_ids"], first.arrays["fgsm.success_ids"])
+    journal.journal_path(tiny_csg_run, "fgsm").unlink()
 
 
 def test_csg_attack_keeps_the_earlier_attacks_it_does_not_run_for_the_same_weights(tiny_csg_run, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,6 +89,21 @@ class Attack:
     def budget_passes(self) -> int:
         """The most passes one image can cost (the attack's iteration budget)."""
         return 1
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The pass count and the random state (``generator``, when the attack draws): a run that stopped
+        goes on with the random numbers an uninterrupted one would have drawn next."""
+        out = {"passes": np.array(self.passes, dtype=np.int64)}
+        generator = getattr(self, "generator", None)
+        if isinstance(generator, torch.Generator):
+            out["generator"] = generator.get_state().numpy()
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.passes = int(state["passes"])
+        generator = getattr(self, "generator", None)
+        if isinstance(generator, torch.Generator) and "generator" in state:
+            generator.set_state(torch.from_numpy(np.asarray(state["generator"], dtype=np.uint8).copy()))
 
     def perturb(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """Adversarial images for one batch (already on the model's device). Override this."""

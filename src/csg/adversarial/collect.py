@@ -69,6 +69,18 @@ class AttackCost:
         self.attacked = np.zeros(self.num_classes, dtype=np.int64)
         self.usable = np.zeros(self.num_classes, dtype=np.int64)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything measured so far, as arrays (a journal saves it; :meth:`load_state` restores it)."""
+        return {"attacked": self.attacked.copy(), "usable": self.usable.copy(),
+                "outcomes": np.array([self.success_images, self.success_passes, self.fail_images,
+                                      self.fail_passes], dtype=np.float64)}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.attacked = np.asarray(state["attacked"], dtype=np.int64).copy()
+        self.usable = np.asarray(state["usable"], dtype=np.int64).copy()
+        si, sp, fi, fp = (float(v) for v in state["outcomes"])
+        self.success_images, self.success_passes, self.fail_images, self.fail_passes = int(si), sp, int(fi), fp
+
     def add_outcomes(self, sample_passes: np.ndarray, success: np.ndarray) -> None:
         """Record the passes each attacked image cost and whether the attack succeeded on it."""
         sample_passes, success = np.asarray(sample_passes, dtype=np.float64), np.asarray(success, dtype=bool)
@@ -259,6 +271,39 @@ class PairCollector:
             if after_step is not None:
                 after_step()
         return self
+
+    # ---------------------------------------------------------------- saved state
+    def state(self) -> dict[str, np.ndarray]:
+        """Where the walk stands and what it has found, as arrays: with :meth:`load_state` on a collector
+        built the same way, the walk goes on as if it had not stopped (a journal saves it between steps)."""
+        pool, sample = self.pool(), self.sample()
+        out = {"counters": np.array([self.pos, self.correct_seen, self.images_attacked], dtype=np.int64),
+               "remaining": self.remaining.copy(), "order": self.order,
+               **{f"pool.{k}": v for k, v in pool.items()}, **{f"sample.{k}": v for k, v in sample.items()}}
+        if self.example is not None:
+            ex = self.example
+            out["example.images"] = torch.stack([ex["clean"], ex["adversarial"]]).numpy()
+            out["example.labels"] = np.array([ex["label"], -1 if ex["target"] is None else ex["target"],
+                                              ex["prediction"], int(ex["success"])], dtype=np.int64)
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`state` (the collector must walk the same ``order``)."""
+        if not np.array_equal(np.asarray(state["order"]), self.order):
+            raise ValueError("the saved state walks another order of images")
+        self.pos, self.correct_seen, self.images_attacked = (int(v) for v in state["counters"])
+        self.remaining = np.asarray(state["remaining"], dtype=np.int64).copy()
+        pool = {k: np.asarray(state[f"pool.{k}"]) for k in ("clean", "adv", "labels", "ids")}
+        self._pairs = [(pool["clean"], pool["adv"], pool["labels"], pool["ids"])] if len(pool["labels"]) else []
+        sample = {k: np.asarray(state[f"sample.{k}"]) for k in ("ids", "labels", "success")}
+        self._sample = [(sample["ids"], sample["labels"], sample["success"])] if len(sample["ids"]) else []
+        self.example = None
+        if "example.images" in state:
+            images, (label, target, prediction, success) = torch.from_numpy(state["example.images"]), state[
+                "example.labels"].tolist()
+            self.example = {"clean": images[0], "adversarial": images[1], "label": int(label),
+                            "target": None if target < 0 else int(target), "prediction": int(prediction),
+                            "success": bool(success)}
 
     # ---------------------------------------------------------------- results
     def pool(self) -> dict[str, np.ndarray]:

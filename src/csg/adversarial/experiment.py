@@ -40,7 +40,7 @@ from .blackbox import BLACKBOX, local_search_rounds, one_pixel_generations
 from .collect import AttackCost, PairCollector
 from .detector import BlockFeatures, default_jobs, detection_experiment
 from ..core.fingerprint import fingerprint, model_fingerprint
-from .journal import PIECE, BlackBoxJournal, attack_in_pieces
+from .journal import PIECE, BlackBoxJournal, WhiteBoxJournal, attack_in_pieces
 from .progress import FORWARD, WorkMeter
 from .stats import rate_summary
 from .targets import random_targets
@@ -197,9 +197,9 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                         fold_batchnorm: bool = True, journal_dir: "str | os.PathLike | None" = None) -> AdversarialResult:
     """Run the whole adversarial experiment on a run directory and return its result.
 
-    Nothing is written but, with ``journal_dir``, each black-box attack's progress
-    (:class:`~csg.adversarial.journal.BlackBoxJournal`), from which a later call with the same settings
-    resumes.
+    Nothing is written but, with ``journal_dir``, each attack's progress
+    (:class:`~csg.adversarial.journal.WhiteBoxJournal`, :class:`~csg.adversarial.journal.BlackBoxJournal`),
+    from which a later call with the same settings resumes with the same result.
 
     ``success_samples`` (default ``test_size`` x classes) sets the size of the
     success-rate sample. Every option is checked before the model is loaded. ``on_estimate`` is
@@ -291,7 +291,8 @@ def compute_adversarial(run: str | RunDir, *, attacks: Sequence[str] = ("fgsm", 
                        success_samples=int(success_samples), targeted=targeted, successful_only=successful_only,
                        seed=int(seed), dev=dev, batch_size=int(batch_size), attack_options=attack_options,
                        blocks=blocks, n_estimators=int(n_estimators), jobs=int(jobs), num_classes=num_classes,
-                       later_work=list(works.values()), progress=progress, on_estimate=on_estimate)
+                       later_work=list(works.values()), progress=progress, on_estimate=on_estimate,
+                       journal_dir=journal_dir, model_key=model_key)
         elif on_estimate is not None:
             # No white-box batch to time: the black-box bound waits for its first images.
             on_estimate({"white_box_seconds": 0.0, "detector_seconds": 0.0, "black_box_seconds": float("nan"),
@@ -313,7 +314,7 @@ def _white_box(summary, arrays, examples, meter, model, attack_logits, run, trai
                test_order, *,
                attacks, train_sizes, test_size, repeats, success_samples, targeted, successful_only, seed, dev,
                batch_size, attack_options, blocks, n_estimators, jobs, num_classes, later_work, progress,
-               on_estimate) -> None:
+               on_estimate, journal_dir=None, model_key: str = "") -> None:
     notes = summary["notes"]
     features = BlockFeatures(model, blocks)
     probe = test_images[:1].to(dev).float() / 255.0
@@ -326,8 +327,12 @@ def _white_box(summary, arrays, examples, meter, model, attack_logits, run, trai
         train_images, train_labels = train_ds.images, train_ds.labels.long()
         train_order = np.random.default_rng([seed, 2]).permutation(len(train_labels))
         train_targets = random_targets(train_labels, num_classes, seed=seed * 2 + 2) if targeted else None
+    # What decides a collection's results, for its journal: the images (hashed once), the settings, the weights.
+    data_key = "" if journal_dir is None else fingerprint(
+        test_images=test_images, test_labels=test_labels,
+        train=[] if train_ds is None else fingerprint(images=train_images, labels=train_labels))
     plans = []
-    for name in attacks:
+    def build_plan(name: str) -> dict:
         opts = dict(attack_options.get(name, {}))
         if name == "pgd":
             opts.setdefault("seed", seed)
@@ -343,8 +348,24 @@ def _white_box(summary, arrays, examples, meter, model, attack_logits, run, trai
                                     per_class=largest, **common)
         else:
             train_c = None  # built from the test images the test collector leaves, once it is done
-        plans.append({"name": name, "attack": attack, "cost": cost, "test": test_c, "train": train_c,
-                      "seconds": 0.0})
+        key = "" if journal_dir is None else fingerprint(
+            attack=name, options=opts, device=str(dev), seed=seed, targeted=bool(targeted),
+            successful_only=bool(successful_only), batch_size=batch_size, test_size=test_size, largest=largest,
+            success_samples=success_samples, blocks=features.blocks, model=model_key, data=data_key)
+        return {"name": name, "attack": attack, "cost": cost, "test": test_c, "train": train_c, "seconds": 0.0,
+                "journal": WhiteBoxJournal(journal_dir, name, key), "common": common}
+
+    for name in attacks:
+        plan = build_plan(name)
+        try:
+            _resume_collection(plan, notes, meter, features, test_images, test_labels, test_targets, test_order,
+                               largest)
+        except (KeyError, ValueError, RuntimeError) as exc:  # a journal of an older csg, or of another order
+            notes.append(f"{name}: {plan['journal'].path.name} could not be used ({type(exc).__name__}: {exc}); "
+                         "started over")
+            plan = build_plan(name)
+            plan["journal"].state = {}
+        plans.append(plan)
 
     def pending():
         out = list(later_work)
@@ -358,22 +379,34 @@ def _white_box(summary, arrays, examples, meter, model, attack_logits, run, trai
     # 20-30% short: the classes that resist need more images, and dearer ones).
     meter.estimate(pending())
     for p in plans:
+        if p["test"].pos:
+            continue  # resumed: its next step is the one an uninterrupted run would take, not a first batch
         t0 = time.perf_counter()
         p["test"].step(batch_size)
         p["seconds"] += time.perf_counter() - t0
         meter.estimate(pending())
-    remaining = meter.estimate(pending())
-    rate = meter.rate
-    forest = _forest_seconds(summary["feature_dim"], train_sizes, num_classes, repeats, n_estimators, jobs)
-    forest *= len(attacks)
-    black_passes = sum(w.remaining_passes() for w in later_work)
-    white = (remaining - black_passes) / rate if rate else float("nan")
-    black = black_passes / rate if rate else float("nan")
-    estimate = {"white_box_seconds": white, "detector_seconds": forest, "black_box_seconds": black,
-                "seconds": white + forest + black, "passes_per_second": rate}
-    summary["estimate"] = {k: (round(v, 1) if math.isfinite(v) else None) for k, v in estimate.items()}
-    if on_estimate is not None:
-        on_estimate(estimate)
+        p["journal"].save(lambda: _collection_state(p))
+
+    def announce_estimate() -> None:
+        """The whole run's estimate, once, as soon as this run has measured a rate."""
+        remaining, rate = meter.estimate(pending()), meter.rate
+        if "estimate" in summary or not rate:
+            return
+        forest = len(attacks) * _forest_seconds(summary["feature_dim"], train_sizes, num_classes, repeats,
+                                                n_estimators, jobs)
+        black_passes = sum(w.remaining_passes() for w in later_work)
+        white, black = (remaining - black_passes) / rate, black_passes / rate
+        estimate = {"white_box_seconds": white, "detector_seconds": forest, "black_box_seconds": black,
+                    "seconds": white + forest + black, "passes_per_second": rate}
+        summary["estimate"] = {k: (round(v, 1) if math.isfinite(v) else None) for k, v in estimate.items()}
+        if on_estimate is not None:
+            on_estimate(estimate)
+
+    announce_estimate()
+
+    def after_step(p, *, force: bool = False) -> None:
+        announce_estimate()
+        p["journal"].save(lambda: _collection_state(p), force=force)
 
     from tqdm.auto import tqdm
 
@@ -381,16 +414,17 @@ def _white_box(summary, arrays, examples, meter, model, attack_logits, run, trai
                 disable=not progress)
     try:
         for p in plans:
-            name, t0 = p["name"], time.perf_counter()
-            p["test"].run(lambda: meter.estimate(pending()))
+            name = p["name"]
+            p["t0"] = t0 = time.perf_counter()
+            p["test"].run(lambda: after_step(p))
             if p["train"] is None:
-                rest = test_order[p["test"].pos:]
-                p["train"] = PairCollector(features, p["attack"], test_images, test_labels, test_targets, rest,
-                                           per_class=largest, num_classes=num_classes, cost=p["cost"],
-                                           successful_only=successful_only, batch_size=batch_size, device=dev,
-                                           on_passes=meter.add)
-            p["train"].run(lambda: meter.estimate(pending()))
+                p["train"] = _train_from_test_rest(p, features, test_images, test_labels, test_targets, test_order,
+                                                   largest)
+            after_step(p, force=True)  # a split complete is never redone
+            p["train"].run(lambda: after_step(p))
+            del p["t0"]
             p["seconds"] += time.perf_counter() - t0
+            after_step(p, force=True)
             _summarise_attack(p, summary, arrays, examples, num_classes=num_classes, test_size=test_size,
                               largest=largest, success_samples=success_samples)
             test_pool, train_pool = p["test"].pool(), p["train"].pool()
@@ -415,6 +449,48 @@ def _white_box(summary, arrays, examples, meter, model, attack_logits, run, trai
                 summary["detection"][name] = {}
     finally:
         fits.close()
+
+
+def _train_from_test_rest(p, features, test_images, test_labels, test_targets, test_order, largest):
+    """The training pairs' collector when there is no train split: the test images the test pairs left."""
+    return PairCollector(features, p["attack"], test_images, test_labels, test_targets, test_order[p["test"].pos:],
+                         per_class=largest, **p["common"])
+
+
+def _collection_state(p) -> dict[str, dict[str, np.ndarray]]:
+    """What :class:`~csg.adversarial.journal.WhiteBoxJournal` saves of one attack's collection."""
+    parts = {"test": p["test"].state(), "cost": p["cost"].state(),
+             "attack": {**p["attack"].state(),
+                       "seconds": np.array(p["seconds"] + (time.perf_counter() - p["t0"] if "t0" in p else 0.0))}}
+    if p["train"] is not None:
+        parts["train"] = p["train"].state()
+    return parts
+
+
+def _resume_collection(p, notes, meter, features, test_images, test_labels, test_targets, test_order,
+                       largest) -> None:
+    """Continue the collection of an earlier, interrupted call from its journal (when it matches)."""
+    journal, name = p["journal"], p["name"]
+    if journal.discarded:
+        notes.append(f"{name}: {journal.discarded}")
+    saved = journal.state
+    if not {"test", "cost", "attack"} <= set(saved):
+        return
+    # Raises KeyError / ValueError / RuntimeError on a journal it cannot use; the caller then starts afresh.
+    p["test"].load_state(saved["test"])
+    if "train" in saved:
+        if p["train"] is None:
+            p["train"] = _train_from_test_rest(p, features, test_images, test_labels, test_targets, test_order,
+                                               largest)
+        p["train"].load_state(saved["train"])
+    p["cost"].load_state(saved["cost"])
+    p["attack"].load_state(saved["attack"])
+    p["seconds"] = float(saved["attack"].get("seconds", 0.0))
+    done = [c for c in (p["test"], p["train"]) if c is not None]
+    images = sum(c.images_attacked for c in done)
+    meter.skip(p["attack"].passes + 2 * FORWARD * sum(c.pos for c in done))
+    notes.append(f"{name}: resumed after {images} images attacked by an earlier run ({journal.path.name})")
+    p["resumed_images"] = int(images)
 
 
 def _summarise_attack(p, summary, arrays, examples, *, num_classes, test_size, largest, success_samples) -> None:
@@ -444,7 +520,7 @@ def _summarise_attack(p, summary, arrays, examples, *, num_classes, test_size, l
         "images_attacked": int(images), "passes": int(p["attack"].passes),
         "passes_per_image": round(p["attack"].passes / images, 2) if images else None,
         "budget_passes_per_image": int(p["attack"].budget_passes),
-        "seconds": round(p["seconds"], 3),
+        "seconds": round(p["seconds"], 3), "resumed_images": int(p.get("resumed_images", 0)),
     })
     summary["attack_success"][name] = entry
     arrays[f"{name}.success_ids"] = sample["ids"]
@@ -488,7 +564,7 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
         if journal.resumed:
             summary["notes"].append(f"black-box {name}: resumed after {journal.resumed} of {len(chosen)} images "
                                     f"finished by an earlier run ({journal.path.name})")
-            meter.add(int(journal.arrays["queries"].sum()) * FORWARD)
+            meter.skip(int(journal.arrays["queries"].sum()) * FORWARD)
         t0 = time.time()
         res = attack_in_pieces(BLACKBOX[name], attack_logits, x.to(dev), y.to(dev), journal, piece=piece,
                                on_queries=lambda q: meter.add(q * FORWARD), **opts)

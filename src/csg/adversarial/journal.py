@@ -9,10 +9,17 @@ weights. A later run with the same fingerprint starts after the last piece writt
 fingerprint starts over. Attacks seed each image by its place in the sample (``index_offset``), so a
 resumed attack returns what an uninterrupted one would. The journal is removed once ``adversarial.json``
 is written.
+
+A white-box attack's pair collection (CW at its published budget takes most of an hour per model) is kept
+the same way by :class:`WhiteBoxJournal`, in the same file name: the collectors' walk and findings, the
+attack's cost model, pass count and random state, written atomically between steps (at most every
+:data:`SAVE_EVERY` seconds, and whenever a split is complete). A resumed collection attacks the images an
+uninterrupted one would have attacked next, with the same random numbers.
 """
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +32,8 @@ from .blackbox import BlackBoxResult
 
 #: Images per piece: local search's batch of images (pieces must start at its multiples to resume exactly).
 PIECE = 16
+#: Seconds between two writes of a white-box journal (a write copies and compresses every pair found so far).
+SAVE_EVERY = 30.0
 
 
 class BlackBoxJournal:
@@ -49,16 +58,8 @@ class BlackBoxJournal:
         return int(len(self.arrays["success"])) if self.arrays else 0
 
     def _load(self) -> None:
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                saved = {k: data[k] for k in data.files}
-            key, extra = str(saved.pop("key")), json.loads(str(saved.pop("extra")))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-            self.discarded = f"{self.path.name} could not be read ({type(exc).__name__}); started over"
-            return
-        if key != self.key:
-            self.discarded = (f"{self.path.name} was written for other settings, images or weights; "
-                              "started over")
+        saved, extra, self.discarded = _read_journal(self.path, self.key)
+        if saved is None:
             return
         lengths = {len(v) for v in saved.values()}
         if len(lengths) != 1 or "success" not in saved:
@@ -89,6 +90,50 @@ class BlackBoxJournal:
                               torch.from_numpy(self.arrays["queries"]), extra)
 
 
+class WhiteBoxJournal:
+    """The saved state of one white-box attack's collection: ``state[part]`` for the parts ``test``,
+    ``train``, ``cost`` and ``attack`` (each a dict of arrays, see ``PairCollector.state``), empty when
+    nothing usable was on disk (``discarded`` then says why, if a file was there).
+
+    ``folder=None`` keeps nothing (nothing is written, nothing resumes).
+    """
+
+    def __init__(self, folder: str | Path | None, attack: str, key: str, *, every: float | None = None):
+        self.path = journal_path(folder, attack) if folder is not None else None
+        self.key, self.every = key, float(SAVE_EVERY if every is None else every)
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.discarded: str | None = None
+        self._written = time.monotonic()
+        if self.path is not None and self.path.exists():
+            saved, _, self.discarded = _read_journal(self.path, self.key)
+            for name, value in (saved or {}).items():
+                part, _, field = name.partition(".")
+                self.state.setdefault(part, {})[field] = value
+
+    def save(self, parts: Callable[[], dict[str, dict[str, np.ndarray]]], *, force: bool = False) -> bool:
+        """Write ``parts()`` atomically when ``every`` seconds have passed since the last write (or ``force``);
+        returns whether it wrote. ``parts`` is called only then (gathering the pairs costs a copy)."""
+        if self.path is None or not (force or time.monotonic() - self._written >= self.every):
+            return False
+        flat = {f"{part}.{field}": value for part, arrays in parts().items() for field, value in arrays.items()}
+        atomic_save_npz(self.path, key=np.array(self.key), extra=np.array("{}"), **flat)
+        self._written = time.monotonic()
+        return True
+
+
+def _read_journal(path: Path, key: str) -> tuple[dict[str, np.ndarray] | None, dict[str, Any], str | None]:
+    """A journal's arrays and extra JSON when it was written for ``key``; otherwise ``None`` and why not."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            saved = {k: data[k] for k in data.files}
+        found, extra = str(saved.pop("key")), json.loads(str(saved.pop("extra")))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        return None, {}, f"{path.name} could not be read ({type(exc).__name__}); started over"
+    if found != key:
+        return None, {}, f"{path.name} was written for other settings, images or weights; started over"
+    return saved, extra, None
+
+
 def attack_in_pieces(attack: Callable[..., BlackBoxResult], model, images: torch.Tensor, labels: torch.Tensor,
                      journal: BlackBoxJournal, *, piece: int = PIECE, **options) -> BlackBoxResult:
     """``attack(model, images, labels, **options)`` in pieces of ``piece`` images, after those ``journal`` holds.
@@ -108,4 +153,4 @@ def journal_path(folder: str | Path, attack: str) -> Path:
     return Path(folder) / f"adversarial.{attack}.partial.npz"
 
 
-__all__ = ["BlackBoxJournal", "PIECE", "attack_in_pieces", "journal_path"]
+__all__ = ["BlackBoxJournal", "WhiteBoxJournal", "PIECE", "attack_in_pieces", "journal_path"]

@@ -28,12 +28,18 @@ class WorkMeter:
 
     def __init__(self, *, progress: bool = True, desc: str = "csg attack"):
         self.done = 0.0
+        self.skipped = 0.0
         self.started = time.perf_counter()
         self.bar = tqdm(total=1, desc=desc, unit="pass", unit_scale=True, leave=False, disable=not progress)
 
     def add(self, passes: float) -> None:
         self.done += float(passes)
         self.bar.update(float(passes))
+
+    def skip(self, passes: float) -> None:
+        """Count work an earlier run did (a resumed journal): on the bar, not in the rate of this run."""
+        self.add(passes)
+        self.skipped += float(passes)
 
     def estimate(self, pending: Sequence[Work]) -> float:
         """Set the bar's total from the pending work; returns the remaining passes."""
@@ -46,7 +52,8 @@ class WorkMeter:
     def rate(self) -> float:
         """Passes per second so far (0 before any work)."""
         elapsed = time.perf_counter() - self.started
-        return self.done / elapsed if elapsed > 0 and self.done > 0 else 0.0
+        done = self.done - self.skipped
+        return done / elapsed if elapsed > 0 and done > 0 else 0.0
 
     def close(self) -> None:
         self.bar.close()

@@ -8,8 +8,8 @@ Three separate steps, so each can be used alone:
 * :func:`write_result` writes ``RUN/adversarial.json`` (the summary, schema
   ``csg.adversarial/2``) and ``RUN/adversarial.npz`` (the per-item arrays).
 
-:func:`attack_run` does all three, under the run's lock, and keeps the black-box attacks' progress in
-the run directory while they run (``adversarial.{attack}.partial.npz``) so that an interrupted run resumes.
+:func:`attack_run` does all three, under the run's lock, and keeps every attack's progress in the run
+directory while it runs (``adversarial.{attack}.partial.npz``) so that an interrupted run resumes.
 It adds to what earlier calls wrote: an attack of the earlier ``adversarial.json`` that this call did not
 run is kept (:func:`carry_over`), so ``csg attack RUN --attacks none --blackbox local-search`` does not
 drop a one-pixel result that took an hour. It is kept only for the same weights (``model_sha256``).
@@ -84,8 +84,8 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
 def attack_run(run: str | RunDir, *, figures: bool = True, keep_earlier: bool = True, **options) -> dict[str, Any]:
     """Compute the experiment (``options``: see :func:`compute_adversarial`), draw its figures, write it.
 
-    One writer at a time (the run's lock). The black-box attacks keep their progress in the run
-    directory, so an interrupted call resumes them; the journals are removed once the result is written.
+    One writer at a time (the run's lock). The attacks keep their progress in the run directory, so an
+    interrupted call resumes them; the journals are removed once the result is written.
     ``keep_earlier``: keep the earlier attacks this call does not run (:func:`carry_over`; never with your
     own ``dataset``, whose images the earlier results were not taken on).
     Returns the summary as written to ``RUN/adversarial.json``.
@@ -102,8 +102,9 @@ def attack_run(run: str | RunDir, *, figures: bool = True, keep_earlier: bool = 
 
             result.summary["figures"] = render_figures(result, run.figures_dir, title=run.path.name)
         summary = write_result(run, result)
-        for name in result.summary.get("blackbox", {}):  # another attack's journal is kept for its own resume
-            journal_path(run.path, name).unlink(missing_ok=True)
+        settings = result.summary["settings"]
+        for name in [*settings["attacks"], *settings["blackbox"]]:  # another attack's journal is kept for its
+            journal_path(run.path, name).unlink(missing_ok=True)     # own resume
         return summary
 
 

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 INTERRUPTED = {
     "train": "finished epochs are saved, continue with --resume",
     "experiment": "finished tasks are recorded; run the same command again to continue",
-    "attack": "finished black-box images are saved; run the same command again to continue them",
+    "attack": "finished attack steps are saved; run the same command again to continue them",
     None: "files written before the interruption are complete; run the command again",
 }
 
