@@ -634,6 +634,33 @@ def test_a_white_box_journal_for_other_settings_or_a_damaged_one_is_not_used(tin
     journal.journal_path(tiny_csg_run, "fgsm").unlink()
 
 
+def test_the_examples_figure_draws_the_attacks_kept_from_an_earlier_call(tiny_csg_run, tmp_path, monkeypatch):
+    import shutil
+
+    import csg.adversarial.figures as figures
+    from csg.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_csg_run, run, ignore=shutil.ignore_patterns("adversarial*", "figures"))
+    common = ["--device", "cpu", "--no-progress"]
+    assert main(["attack", str(run), "--attacks", "none", "--blackbox", "one-pixel", "--blackbox-samples", "2",
+                 "--op-population", "8", "--op-generations", "1", *common]) == 0
+    with np.load(run / "adversarial.npz") as arrays:
+        stored = arrays["one-pixel.example.images"]
+    drawn, real = {}, figures.plot_examples
+    monkeypatch.setattr(figures, "plot_examples", lambda examples, path, **kw: drawn.update(examples) or real(
+        examples, path, **kw))
+    assert main(["attack", str(run), "--attacks", "fgsm", "--blackbox", "none", "--train-sizes", "3",
+                 "--test-size", "2", "--repeats", "1", "--success-samples", "4", "--all-samples", "--trees", "5",
+                 *common]) == 0
+    assert set(drawn) == {"fgsm", "one-pixel"}  # the earlier call's attack beside this call's
+    np.testing.assert_array_equal(np.stack([drawn["one-pixel"]["clean"].numpy(),
+                                            drawn["one-pixel"]["adversarial"].numpy()]), stored)
+    with np.load(run / "adversarial.npz") as arrays:
+        np.testing.assert_array_equal(arrays["one-pixel.example.images"], stored)
+        assert arrays["fgsm.example.images"].shape == (2, *stored.shape[1:])
+
+
 def test_csg_attack_keeps_the_earlier_attacks_it_does_not_run_for_the_same_weights(tiny_csg_run, tmp_path):
     import os
     import shutil

@@ -30,6 +30,7 @@ import torch
 
 from .attacks import Attack, is_adversarial
 from .detector import BlockFeatures
+from .examples import example_from_arrays, example_to_arrays
 from .progress import FORWARD
 
 
@@ -281,10 +282,7 @@ class PairCollector:
                "remaining": self.remaining.copy(), "order": self.order,
                **{f"pool.{k}": v for k, v in pool.items()}, **{f"sample.{k}": v for k, v in sample.items()}}
         if self.example is not None:
-            ex = self.example
-            out["example.images"] = torch.stack([ex["clean"], ex["adversarial"]]).numpy()
-            out["example.labels"] = np.array([ex["label"], -1 if ex["target"] is None else ex["target"],
-                                              ex["prediction"], int(ex["success"])], dtype=np.int64)
+            out.update({f"example.{k}": v for k, v in example_to_arrays(self.example).items()})
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -297,13 +295,8 @@ class PairCollector:
         self._pairs = [(pool["clean"], pool["adv"], pool["labels"], pool["ids"])] if len(pool["labels"]) else []
         sample = {k: np.asarray(state[f"sample.{k}"]) for k in ("ids", "labels", "success")}
         self._sample = [(sample["ids"], sample["labels"], sample["success"])] if len(sample["ids"]) else []
-        self.example = None
-        if "example.images" in state:
-            images, (label, target, prediction, success) = torch.from_numpy(state["example.images"]), state[
-                "example.labels"].tolist()
-            self.example = {"clean": images[0], "adversarial": images[1], "label": int(label),
-                            "target": None if target < 0 else int(target), "prediction": int(prediction),
-                            "success": bool(success)}
+        self.example = (example_from_arrays(state["example.images"], state["example.labels"])
+                        if "example.images" in state else None)
 
     # ---------------------------------------------------------------- results
     def pool(self) -> dict[str, np.ndarray]:

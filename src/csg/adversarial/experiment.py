@@ -39,6 +39,7 @@ from .attacks import ATTACKS, build_attack, perturbation_norms
 from .blackbox import BLACKBOX, local_search_rounds, one_pixel_generations
 from .collect import AttackCost, PairCollector
 from .detector import BlockFeatures, default_jobs, detection_experiment
+from .examples import example_to_arrays
 from ..core.fingerprint import fingerprint, model_fingerprint
 from .journal import PIECE, BlackBoxJournal, WhiteBoxJournal, attack_in_pieces
 from .progress import FORWARD, WorkMeter
@@ -530,6 +531,7 @@ def _summarise_attack(p, summary, arrays, examples, *, num_classes, test_size, l
     arrays[f"{name}.train_ids"] = train_pool["ids"]
     if test_c.example is not None:
         examples[name] = test_c.example
+        arrays.update({f"{name}.example.{k}": v for k, v in example_to_arrays(test_c.example).items()})
 
 
 def _black_box(summary, arrays, examples, meter, works, model, attack_logits, test_images, test_labels, test_order, *,
@@ -589,6 +591,7 @@ def _black_box(summary, arrays, examples, meter, works, model, attack_logits, te
             pred = int(model.logits(res.images[first:first + 1].to(dev)).argmax(1))
         examples[name] = {"clean": x[first], "adversarial": res.images[first].cpu(), "label": int(y[first]),
                           "target": None, "prediction": pred, "success": bool(ok[first])}
+        arrays.update({f"{name}.example.{k}": v for k, v in example_to_arrays(examples[name]).items()})
 
 
 __all__ = ["compute_adversarial", "check_settings", "AdversarialResult", "SCHEMA"]

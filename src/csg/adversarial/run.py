@@ -21,6 +21,7 @@ from typing import Any
 from ..core.io import file_sha256
 from ..runs.earlier import read_earlier_json, read_earlier_npz, same_weights
 from ..runs.rundir import RunDir
+from .examples import example_from_arrays
 from .experiment import SCHEMA, AdversarialResult, compute_adversarial
 from .journal import journal_path
 
@@ -44,7 +45,8 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
     Kept only when the earlier file names the same weights (``model_sha256``). A file written before
     csg recorded the weights' hash is kept when the checkpoint is older than it (the model has not been
     trained again since), and the note says so. Each kept attack brings its summary entries, its arrays
-    (``{attack}.*``) and the earlier call's settings (``summary["earlier_settings"][attack]``).
+    (``{attack}.*``), its example for the figure (when the earlier npz has it) and the earlier call's
+    settings (``summary["earlier_settings"][attack]``).
     Returns the names kept.
     """
     earlier, why = read_earlier_json(run, JSON_NAME, SCHEMA)
@@ -74,6 +76,9 @@ def carry_over(run: RunDir, result: AdversarialResult) -> list[str]:
             if name in (earlier.get(sec) or {}):
                 result.summary[sec][name] = earlier[sec][name]
         result.arrays.update({k: v for k, v in arrays.items() if k.startswith(f"{name}.")})
+        if f"{name}.example.images" in arrays and name not in result.examples:  # drawn beside this call's
+            result.examples[name] = example_from_arrays(arrays[f"{name}.example.images"],
+                                                        arrays[f"{name}.example.labels"])
         kept_settings[name] = earlier.get("settings", {})
         notes.extend(n for n in earlier.get("notes", []) if isinstance(n, str)
                      and n.startswith((f"{name}:", f"black-box {name}:")))
