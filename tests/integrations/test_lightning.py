@@ -126,8 +126,12 @@ def test_step_gradient_is_the_csg_loss_of_the_phase(tiny_idx_dir, schedule):
     csg = CSGCallback(feature_layer="net.features", head="net.fc", num_classes=10, schedule=schedule, warmup=0,
                       period=1, csg_epochs=1, rho=0.1, lambda2=0.5)
     grads = FirstStepGrads()
+    backward_passes = []  # through the first layer: one per backward pass of the step
+    module.net.features[0].register_full_backward_hook(lambda *_: backward_passes.append(1))
     pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, callbacks=[csg, grads]).fit(module, loader(tiny_idx_dir))
+    assert len(backward_passes) == 1  # the CSG terms ride on Lightning's own backward, not a second one
+    assert "training_step" not in vars(module)  # the wrapper is gone after fit: the user's class is untouched
     x, y = grads.batch
     a = start.net.features(x).mean(dim=(2, 3))
     gate = torch.full((10, 8), 0.5)
@@ -136,4 +140,39 @@ def test_step_gradient_is_the_csg_loss_of_the_phase(tiny_idx_dir, schedule):
         loss = loss + F.cross_entropy(start(x), y)
     expected = torch.autograd.grad(loss, list(start.parameters()))
     for got, want in zip(grads.grads, expected):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+class Batches(pl.Callback):
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(batch)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if not hasattr(self, "grads"):
+            self.grads = [p.grad.detach().clone() for p in pl_module.parameters()]
+
+
+def test_accumulated_micro_batches_scale_the_csg_terms_like_your_loss(tiny_idx_dir):
+    """accumulate_grad_batches=2: the step's gradient is that of the mean of the two micro-batches' losses."""
+    import copy
+
+    torch.manual_seed(0)
+    module = LitTiny()
+    start = copy.deepcopy(module)
+    csg = CSGCallback(feature_layer="net.features", head="net.fc", num_classes=10, warmup=0, rho=0.1, lambda2=0.5)
+    seen = Batches()
+    pl.Trainer(max_steps=1, accumulate_grad_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[csg, seen]).fit(module, loader(tiny_idx_dir))
+    gate = torch.full((10, 8), 0.5)
+    total = 0.0
+    for x, y in seen.batches[:2]:
+        a = start.net.features(x).mean(dim=(2, 3))
+        total = total + (F.cross_entropy(start(x), y) + F.cross_entropy(start.net.fc(a * gate[y]), y)
+                         + 0.5 * torch.relu(gate.sum() - 0.1 * gate.numel())) / 2
+    expected = torch.autograd.grad(total, list(start.parameters()))
+    for got, want in zip(seen.grads, expected):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)

@@ -11,10 +11,11 @@ The callback adds, per step and without changing your code (METHOD.md section 2,
 * a C x K gate ``G`` on the feature layer ``feature_layer`` (a module inside the LightningModule whose output
   is ``A``, N x K x H x W); ``head`` names the ``nn.Linear(K, C)`` applied to ``mean_hw(A)``, exactly as in
   :class:`csg.core.model.GatedClassifier`, so the CSG path is ``head(mean_hw(A) * G[y])``;
-* the loss ``lambda1 * CE(y, CSG logits) + lambda2 * psi(relu(||G||_1 - rho*C*K))``: its gradient is taken
-  on the graph of your step (one forward; a second backward pass, ``retain_graph``) and added to your
-  loss's gradient in a joint epoch, or replaces it in a CSG epoch of the alternating schedule (Algorithm 1:
-  a CSG epoch trains only the CSG terms); a STD epoch leaves your step untouched and the gate frozen;
+* the loss ``lambda1 * CE(y, CSG logits) + lambda2 * psi(relu(||G||_1 - rho*C*K))``, built on the feature
+  maps of your step's own forward and added to the loss your ``training_step`` returns in a joint epoch, or
+  returned instead of it in a CSG epoch of the alternating schedule (Algorithm 1: a CSG epoch trains only
+  the CSG terms), so Lightning's one backward pass (with its accumulation and precision) takes both; a STD
+  epoch leaves your step untouched and the gate frozen;
 * the gate's own Adam optimiser (``gate_lr``), stepped just before your optimiser steps, then the
   projection of :func:`csg.core.gate.project_columns_` (columns divided by their maximum, clipped to [0, 1]);
 * at the end of ``fit``, a run directory ``out`` as ``csg train`` writes it: ``config.json`` (naming how to
@@ -43,7 +44,7 @@ from ..core.io import append_jsonl, atomic_save_npy, atomic_write_json
 from ..core.model import GatedClassifier
 from ..core.run_files import CHECKPOINT, CONFIG, GATE, LOG
 from ..methods.csg import csg_loss
-from ..methods.schedule import CSG, JOINT, STD, epoch_phase
+from ..methods.schedule import CSG, STD, epoch_phase
 from ..training.checkpoint import save_checkpoint
 from ..training.config import TrainConfig
 from ..training.trainer import package_versions
@@ -88,8 +89,9 @@ class CSGCallback(pl.Callback):
         self.labels_of, self.evaluate, self.model_kwargs, self.seed = labels, evaluate, model_kwargs, seed
         self.gate: ClassSpecificGate | None = None
         self.phase = STD
-        self._maps = self._labels = self._grads = self._before = None
+        self._maps = self._labels = None
         self._handle = None
+        self._wrapped = None  # the module whose training_step carries the CSG terms during fit
         self._log: list[dict] = []
 
     # ---- set-up --------------------------------------------------------------
@@ -111,6 +113,31 @@ class CSGCallback(pl.Callback):
         # the gate is the callback's, not the module's: your configure_optimizers never sees it
         self.gate_optimizer = torch.optim.Adam([self.gate.weight], lr=self.gate_lr)
         self._handle = feature.register_forward_hook(self._capture)
+        self._wrap_training_step(pl_module)
+
+    def _wrap_training_step(self, pl_module) -> None:
+        """Your ``training_step``, returning the loss of the phase (an instance attribute, removed after fit)."""
+        own = pl_module.training_step
+
+        def training_step(*args, **kwargs):
+            out = own(*args, **kwargs)
+            loss = out.get("loss") if isinstance(out, dict) else out
+            term = self._csg_term(pl_module) if torch.is_tensor(loss) else None
+            if term is None:
+                return out
+            loss = term if self.phase == CSG else loss + term
+            return {**out, "loss": loss} if isinstance(out, dict) else loss
+
+        pl_module.training_step = training_step
+        self._wrapped = pl_module
+
+    def _unwrap(self) -> None:
+        if self._wrapped is not None:
+            self._wrapped.__dict__.pop("training_step", None)
+            self._wrapped = None
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
     def _capture(self, module, inputs, output) -> None:
         # the feature maps of the training forward, for the CSG path of this step's loss
@@ -127,9 +154,10 @@ class CSGCallback(pl.Callback):
         self._maps = None
 
     # ---- the CSG terms -------------------------------------------------------
-    def on_before_backward(self, trainer, pl_module, loss) -> None:
+    def _csg_term(self, pl_module) -> torch.Tensor | None:
+        """``lambda1 CE(y, head(mean_hw(A) * G[y])) + lambda2 psi(...)`` on this step's maps, or ``None``."""
         if self.phase == STD or self._maps is None:
-            return
+            return None
         head = resolve_module(pl_module, self.head_name)
         labels = self._labels.to(self._maps.device)
         csg_logits = head(self.gate(self._maps.mean(dim=(2, 3)), labels))
@@ -137,33 +165,13 @@ class CSGCallback(pl.Callback):
         term, parts = csg_loss(None, csg_logits, labels, self.gate.weight, phase=CSG, rho=self.rho,
                                lambda1=self.lambda1, lambda2=self.lambda2, penalty=self.penalty)
         ce, pen = parts["ce_csg"], parts["penalty"]
-        term = term / trainer.accumulate_grad_batches
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(term, params + [self.gate.weight], retain_graph=True, allow_unused=True)
-        self._grads = (params, grads[:-1], grads[-1])
-        if self.phase == CSG:
-            # a CSG epoch trains the CSG terms only: keep what earlier micro-batches accumulated, drop your loss's
-            self._before = [None if p.grad is None else p.grad.clone() for p in params]
         n = labels.shape[0]
         self._sums += torch.stack([torch.tensor(float(n), device=self._sums.device, dtype=torch.float64),
                                    ce.detach().double() * n, pen.detach().double() * n,
                                    (csg_logits.argmax(1) == labels).sum().double(),
                                    torch.ones((), dtype=torch.float64, device=self._sums.device)])
         self._maps = None
-
-    def on_after_backward(self, trainer, pl_module) -> None:
-        if self._grads is None:
-            return
-        params, grads, gate_grad = self._grads
-        for i, (p, g) in enumerate(zip(params, grads)):
-            base = p.grad if self.phase == JOINT else (self._before[i] if self._before else None)
-            if g is None:
-                p.grad = base
-            else:
-                p.grad = g if base is None else base + g
-        if gate_grad is not None:
-            self.gate.weight.grad = gate_grad if self.gate.weight.grad is None else self.gate.weight.grad + gate_grad
-        self._grads = self._before = None
+        return term
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.phase == STD or self.gate.weight.grad is None:
@@ -185,10 +193,11 @@ class CSGCallback(pl.Callback):
         self._log.append(record)
 
     # ---- the run directory ---------------------------------------------------
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._unwrap()
+
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        self._unwrap()
         if self.out is not None and trainer.is_global_zero:
             self.write_run(pl_module, self.out)
 
