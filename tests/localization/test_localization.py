@@ -439,3 +439,62 @@ with RunLock({str(run)!r}):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_interrupted_csg_localize_resumes_after_its_last_finished_method(tmp_path, tiny_idx_dir, monkeypatch,
+                                                                            capsys):
+    """Killed while scoring CAM, the call again scores only CAM and writes what an uninterrupted call writes;
+    a journal for other images is not used."""
+    import numpy as np
+
+    import csg.localization.run as loc
+    from csg.cli import main
+
+    monkeypatch.setenv("CSG_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["train", "--data", "fashion-mnist-clutter", "--data-dir", str(tiny_idx_dir), "--arch", "resnet20",
+                 "--method", "std", "--epochs", "1", "--subset", "40", "--batch-size", "40", "--out", str(run),
+                 "--no-progress", "--seed", "0", "--device", "cpu", "--no-evaluate", "--eval-every", "0"]) == 0
+    argv = ["localize", str(run), "--no-progress", "--device", "cpu", "--max-images", "4", "--methods",
+            "activmap,cam", "--replace"]
+    assert main(argv) == 0
+    whole = json.loads((run / "localization.json").read_text())
+    whole_arrays = dict(np.load(run / "localization.npz"))
+    real, scored = loc.score_method, []
+
+    def killed_at_cam(method, *a, **kw):
+        if method.name == "cam":
+            raise KeyboardInterrupt
+        scored.append(method.name)
+        return real(method, *a, **kw)
+
+    monkeypatch.setattr(loc, "score_method", killed_at_cam)
+    assert main(argv) == 130
+    assert "finished map methods are saved" in capsys.readouterr().err
+    assert (run / loc.LOCALIZATION_JOURNAL).exists()
+    monkeypatch.setattr(loc, "score_method", lambda method, *a, **kw: scored.append(method.name) or real(
+        method, *a, **kw))
+    scored.clear()
+    assert main(argv) == 0
+    assert scored == ["cam"]  # ActivMap came from the journal
+    data = json.loads((run / "localization.json").read_text())
+    for m in ("activmap", "cam"):
+        assert data[m] == whole[m]
+    assert {f["path"] for f in data["figures"]} == {f["path"] for f in whole["figures"]}
+    assert any(n.startswith("resumed: activmap") for n in data["notes"])
+    arrays = np.load(run / "localization.npz")
+    assert set(arrays.files) == set(whole_arrays)
+    for key in arrays.files:
+        np.testing.assert_array_equal(arrays[key], whole_arrays[key])
+    assert not (run / loc.LOCALIZATION_JOURNAL).exists()  # removed once the result is written
+
+    # A journal of another call (other images) is not used.
+    monkeypatch.setattr(loc, "score_method", killed_at_cam)
+    assert main(argv) == 130
+    monkeypatch.setattr(loc, "score_method", lambda method, *a, **kw: scored.append(method.name) or real(
+        method, *a, **kw))
+    scored.clear()
+    assert main(argv[:-4] + ["3", "--methods", "activmap,cam", "--replace"]) == 0
+    assert scored == ["activmap", "cam"]
+    assert any("written for other settings" in n for n in json.loads((run / "localization.json").read_text())["notes"])
+    capsys.readouterr()

@@ -18,16 +18,14 @@ uninterrupted one would have attacked next, with the same random numbers.
 """
 from __future__ import annotations
 
-import json
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..core.io import atomic_save_npz
+from ..core.journal import read_journal, write_journal
 from .blackbox import BlackBoxResult
 
 #: Images per piece: local search's batch of images (pieces must start at its multiples to resume exactly).
@@ -58,7 +56,7 @@ class BlackBoxJournal:
         return int(len(self.arrays["success"])) if self.arrays else 0
 
     def _load(self) -> None:
-        saved, extra, self.discarded = _read_journal(self.path, self.key)
+        saved, extra, self.discarded = read_journal(self.path, self.key)
         if saved is None:
             return
         lengths = {len(v) for v in saved.values()}
@@ -78,8 +76,7 @@ class BlackBoxJournal:
                 self.extra[k] = v
         self.arrays = new if not self.arrays else {k: np.concatenate([self.arrays[k], v]) for k, v in new.items()}
         if self.path is not None:
-            atomic_save_npz(self.path, key=np.array(self.key), extra=np.array(json.dumps(self.extra)),
-                            **self.arrays)
+            write_journal(self.path, self.key, self.arrays, self.extra)
 
     def result(self) -> BlackBoxResult:
         """Every finished image as one :class:`BlackBoxResult`."""
@@ -105,7 +102,7 @@ class WhiteBoxJournal:
         self.discarded: str | None = None
         self._written = time.monotonic()
         if self.path is not None and self.path.exists():
-            saved, _, self.discarded = _read_journal(self.path, self.key)
+            saved, _, self.discarded = read_journal(self.path, self.key)
             for name, value in (saved or {}).items():
                 part, _, field = name.partition(".")
                 self.state.setdefault(part, {})[field] = value
@@ -116,22 +113,9 @@ class WhiteBoxJournal:
         if self.path is None or not (force or time.monotonic() - self._written >= self.every):
             return False
         flat = {f"{part}.{field}": value for part, arrays in parts().items() for field, value in arrays.items()}
-        atomic_save_npz(self.path, key=np.array(self.key), extra=np.array("{}"), **flat)
+        write_journal(self.path, self.key, flat)
         self._written = time.monotonic()
         return True
-
-
-def _read_journal(path: Path, key: str) -> tuple[dict[str, np.ndarray] | None, dict[str, Any], str | None]:
-    """A journal's arrays and extra JSON when it was written for ``key``; otherwise ``None`` and why not."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            saved = {k: data[k] for k in data.files}
-        found, extra = str(saved.pop("key")), json.loads(str(saved.pop("extra")))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        return None, {}, f"{path.name} could not be read ({type(exc).__name__}); started over"
-    if found != key:
-        return None, {}, f"{path.name} was written for other settings, images or weights; started over"
-    return saved, extra, None
 
 
 def attack_in_pieces(attack: Callable[..., BlackBoxResult], model, images: torch.Tensor, labels: torch.Tensor,

@@ -52,6 +52,7 @@ INTERRUPTED = {
     "train": "finished epochs are saved, continue with --resume",
     "experiment": "finished tasks are recorded; run the same command again to continue",
     "attack": "finished attack steps are saved; run the same command again to continue them",
+    "localize": "finished map methods are saved; run the same command again to continue",
     None: "files written before the interruption are complete; run the command again",
 }
 

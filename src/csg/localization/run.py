@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from ..core.errors import CsgError
-from ..core.fingerprint import model_fingerprint
+from ..core.fingerprint import fingerprint, model_fingerprint
 from ..core.io import file_sha256
+from ..core.journal import read_journal, write_journal
 from ..core.run_files import LOCALIZATION, LOCALIZATION_ARRAYS
 from ..runs.earlier import read_earlier_json, read_earlier_npz, same_weights
 from .maps import MapMethod, build_method, check_method_names
@@ -17,6 +18,8 @@ from .scoring import FilterScores, ImageScores, iou
 
 #: the schema of localization.json; localization.npz holds image_index, labels and <method>_ious per image
 SCHEMA = "csg.localization/2"
+#: the methods an interrupted ``csg localize`` finished, in the run directory (removed once the result is written)
+LOCALIZATION_JOURNAL = "localization.partial.npz"
 #: datasets whose images come with object masks
 MASKED_DATASETS = ("fashion-mnist-clutter", "voc-animals")
 #: map values held at once (N x K x H x W floats), to bound memory on big models
@@ -186,14 +189,17 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
              sigma: float | None = None, threshold: float | None = None, quantile: float | None = None,
              max_images: int | None = None, batch_size: int = 64, device="cpu", seed: int = 0,
              figures_dir: str | Path | None = None, progress: bool = False,
-             in_channels: int | None = None) -> dict:
+             in_channels: int | None = None, journal_dir: str | Path | None = None) -> dict:
     """Score ``methods`` on ``dataset`` (which must have masks); returns ``{method: scores, "figures": [...]}``.
 
     ``per_image`` holds the arrays behind the scores (``image_index``, ``labels`` and ``<method>_ious``:
     N x K per-filter IoUs, or N for CAM), which ``csg compare`` resamples for its intervals.
     Each method's scores hold ``avg_iou``, ``ap20``, ``ap30`` at the top level and under ``total``,
     ``per_class`` rows and its ``settings``; per-filter methods add ``per_filter`` (class, scores).
-    With ``figures_dir`` an overlay figure per method is drawn there.
+    With ``figures_dir`` an overlay figure per method is drawn there. With ``journal_dir`` each method's
+    result is kept there as it ends (``localization.partial.npz``, :mod:`csg.core.journal`), and a later
+    call on the same images, weights and settings takes the methods it finds there instead of scoring
+    them again (a note says which): an interrupted call resumes after its last finished method.
     """
     check_model_data(model, dataset, in_channels)
     check_method_names(methods)
@@ -203,19 +209,26 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
                  "image_seed": int(seed), "max_images": max_images, "model_sha256": model_fingerprint(model)}
     arrays = {"image_index": index.numpy().astype(np.int64), "labels": dataset.labels[index].numpy().astype(np.int64)}
     figures, notes = [], []
+    journal = _Journal(journal_dir, fingerprint(
+        data=dataset.name, index=index, images=dataset.images[index], labels=dataset.labels[index],
+        masks=dataset.masks[index], model=out["model_sha256"], sigma=sigma, threshold=threshold,
+        quantile=quantile, batch_size=int(batch_size), device=str(device)))
+    if journal.discarded:
+        notes.append(journal.discarded)
+    resumed = []
     for name in methods:
         method = build_method(name, sigma=sigma, threshold=threshold, quantile=quantile)
+        done = journal.finished(name, figures_dir)
+        if done is not None:  # scored by an interrupted call on the same images, weights and settings
+            result, arrays[f"{name}_ious"], figure = done
+            out[name] = result
+            figures.extend([figure] if figure else [])
+            resumed.append(name)
+            continue
         result, rule = score_method(method, model, dataset, index, batch_size=batch_size, device=device,
                                     progress=progress)
         arrays[f"{name}_ious"] = result.pop("_image_ious")
         out[name] = result
-        whole = result["settings"].get("whole_image_filters") or []
-        if whole:
-            notes.append(f"{name}: {len(whole)} of {model.num_filters} filters have a dataset-level top-"
-                         f"{result['settings']['quantile']:.0%} level equal to their smallest value (their "
-                         "zeros fill most of their cells), so the rule's region is the whole image and each "
-                         "of them scores the object's share of the image, whatever it responds to "
-                         "(settings.whole_image_filters)")
         if figures_dir is not None:
             from .figures import overlay_grid
 
@@ -228,10 +241,57 @@ def localize(model, dataset, methods: Sequence[str] = ("gradmap", "activmap", "c
                             "caption": f"{name} on {dataset.name}, {what}: the map over the image, the object "
                                        f"mask and the predicted region (avg IoU {result['avg_iou']:.3f}, "
                                        f"AP20 {result['ap20']:.3f}, AP30 {result['ap30']:.3f})."})
+        journal.add(name, result, arrays[f"{name}_ious"], figures[-1] if figures_dir is not None else None)
+    for name in methods:  # said of resumed methods too: it follows from their settings
+        whole = out[name]["settings"].get("whole_image_filters") or []
+        if whole:
+            notes.append(f"{name}: {len(whole)} of {model.num_filters} filters have a dataset-level top-"
+                         f"{out[name]['settings']['quantile']:.0%} level equal to their smallest value (their "
+                         "zeros fill most of their cells), so the rule's region is the whole image and each "
+                         "of them scores the object's share of the image, whatever it responds to "
+                         "(settings.whole_image_filters)")
+    if resumed:
+        notes.append(f"resumed: {', '.join(resumed)} from {journal.path.name}, scored by an earlier call that "
+                     "was interrupted (same images, weights and settings)")
     out["figures"] = figures
     out["notes"] = notes
     out["per_image"] = arrays
     return out
+
+
+class _Journal:
+    """The methods a call has finished, kept in ``localization.partial.npz`` (``folder=None``: nothing kept)."""
+
+    def __init__(self, folder: str | Path | None, key: str):
+        self.path = None if folder is None else Path(folder) / LOCALIZATION_JOURNAL
+        self.key, self.discarded = key, None
+        self.arrays: dict[str, np.ndarray] = {}
+        self.extra: dict = {"results": {}, "figures": {}}
+        if self.path is not None and self.path.exists():
+            arrays, extra, why = read_journal(self.path, key)
+            if arrays is None:
+                self.discarded = why
+            elif isinstance(extra, dict) and {"results", "figures"} <= set(extra):
+                self.arrays, self.extra = arrays, extra
+
+    def finished(self, name: str, figures_dir) -> tuple[dict, np.ndarray, dict | None] | None:
+        """``(scores, per-image IoUs, figure entry)`` of a method the journal holds, else ``None``. Its figure
+        is kept only if the file is still there (it was drawn before the journal entry was written)."""
+        result = self.extra["results"].get(name)
+        if result is None or f"{name}_ious" not in self.arrays:
+            return None
+        figure = self.extra["figures"].get(name)
+        if figure is not None and (figures_dir is None or not (Path(figures_dir) / Path(figure["path"]).name).exists()):
+            figure = None
+        return result, self.arrays[f"{name}_ious"], figure
+
+    def add(self, name: str, result: dict, ious: np.ndarray, figure: dict | None) -> None:
+        if self.path is None:
+            return
+        self.extra["results"][name] = result
+        self.extra["figures"][name] = figure
+        self.arrays[f"{name}_ious"] = ious
+        write_journal(self.path, self.key, self.arrays, self.extra)
 
 
 def scored_methods(result: dict) -> list[str]:
@@ -311,7 +371,8 @@ def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradma
     model = run.load_model(device)
     with run.lock("localizing"):
         result = localize(model, dataset, methods, device=device, figures_dir=run.figures_dir,
-                          in_channels=cfg.get("in_channels"), **options)
+                          in_channels=cfg.get("in_channels"), journal_dir=None if own_data else run.path,
+                          **options)
         result["split"] = split
         result["notes"] = ([note] if note else []) + result.get("notes", [])
         arrays = result.pop("per_image")
@@ -321,4 +382,5 @@ def localize_run(run, data: str | None = None, methods: Sequence[str] = ("gradma
         run.write_json(LOCALIZATION, result)
         run.update_metrics({f"loc_{m}_{k}": result[m][k] for m in scored_methods(result)
                             for k in ("avg_iou", "ap20", "ap30")})
+        (run.path / LOCALIZATION_JOURNAL).unlink(missing_ok=True)  # the result is written: nothing to resume
     return result
