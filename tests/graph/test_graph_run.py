@@ -79,3 +79,26 @@ def test_csg_graph_bad_input_is_one_line(clutter_run, capsys):
     assert main(["graph", str(clutter_run), "--negatives", "missing.npy"]) == 2
     assert main(["graph", str(clutter_run), "--max-minutes", "-1"]) == 2
     assert "--max-minutes" in capsys.readouterr().err  # an estimate over the limit: test_mine_graph_refuses_bad_input
+
+
+def test_every_link_of_the_overlay_ends_at_a_drawn_node(tmp_path, monkeypatch):
+    """Lines go from a layer's top nodes to their best parents; a parent outside the upper layer's top nodes
+    is drawn too (a ring), so no line ends in empty space."""
+    import torch
+
+    import csg.graph.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    g = torch.Generator().manual_seed(0)
+    lower = {"name": "low", "positions": torch.rand(20, 2, generator=g) * 27, "scores": torch.rand(20, generator=g),
+             "parents": torch.randint(0, 30, (20, 4), generator=g)}
+    upper = {"name": "up", "positions": torch.rand(30, 2, generator=g) * 27,
+             "scores": torch.rand(30, generator=g), "parents": None}
+    figures.graph_overlay_figure(tmp_path / "o.png", torch.zeros(1, 28, 28), [lower, upper], per_layer=3, links=2)
+    ax = drawn["fig"].axes[0]
+    nodes = np.concatenate([c.get_offsets() for c in ax.collections])
+    ends = np.array([[line.get_xdata()[i], line.get_ydata()[i]] for line in ax.lines for i in (0, 1)])
+    assert len(ends) == 3 * 2 * 2  # 3 nodes x 2 links x 2 ends
+    gap = np.abs(ends[:, None, :] - nodes[None, :, :]).max(axis=2).min(axis=1)
+    assert gap.max() < 1e-6

@@ -91,13 +91,15 @@ def graph_overlay_figure(path: str | Path, image: torch.Tensor, layers: Sequence
                          links: int = 3, title: str = "") -> Path:
     """One image with, per layer, the ``per_layer`` nodes that score highest on it (dot size ~ score), each
     linked to its ``links`` best-scoring parents on this image. ``layers`` bottom to top, each
-    ``{"name", "positions" n x 2 px, "scores" n, "parents" n x N or None}`` for this image."""
+    ``{"name", "positions" n x 2 px, "scores" n, "parents" n x N or None}`` for this image. A linked parent
+    outside its layer's top nodes is drawn as a small ring of its layer's colour, so every line ends at a node."""
     plt = pyplot()
     disp, cmap = _display(image)
     h, w = disp.shape[:2]
     fig, ax = plt.subplots(figsize=(5.2, 5.2))
     ax.imshow(disp, cmap=cmap, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     chosen = [torch.topk(lay["scores"], min(per_layer, lay["scores"].numel())).indices for lay in layers]
+    linked: list[set[int]] = [set() for _ in layers]  # parents a line ends at, per layer
     for li, lay in enumerate(layers):
         colour = LAYER_COLOURS[li % len(LAYER_COLOURS)]
         sel = chosen[li]
@@ -109,12 +111,20 @@ def graph_overlay_figure(path: str | Path, image: torch.Tensor, layers: Sequence
             best = torch.topk(up["scores"][par], min(links, par.shape[1]), dim=1).indices
             for v in range(sel.numel()):  # a handful of lines
                 for u in par[v, best[v]].tolist():
+                    linked[li + 1].add(int(u))
                     p0, p1 = pos[v], up["positions"][u]
                     ax.plot([float(p0[1]), float(p1[1])], [float(p0[0]), float(p1[0])], "-", color=colour,
                             alpha=0.45, linewidth=0.8)
         ax.scatter(pos[:, 1].numpy(), pos[:, 0].numpy(), s=(12 + 60 * sc / sc.max().clamp_min(1e-9)).numpy(),
                    color=colour, edgecolors="white", linewidths=0.5, label=f"{lay['name']} (top {sel.numel()})",
                    zorder=3 + li)
+    for li, lay in enumerate(layers):
+        extra = sorted(linked[li] - set(chosen[li].tolist()))
+        if extra:
+            ring = lay["positions"][torch.as_tensor(extra)]
+            ax.scatter(ring[:, 1].numpy(), ring[:, 0].numpy(), s=14, facecolors="none",
+                       edgecolors=LAYER_COLOURS[li % len(LAYER_COLOURS)], linewidths=1.0, zorder=3 + li,
+                       label=f"{lay['name']} (linked parents)")
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_xticks([])
