@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sklearn.feature_selection import mutual_info_classif
 
 from csg.core.errors import CsgError
-from csg.metrics import (accuracy, gap_closed, gate_mi_agreement, indicator_entropy, l1_density, l1_interval, mis,
+from csg.metrics import (accuracy, gap_closed, gate_mi_agreement, gate_unconverged, indicator_entropy, l1_density, l1_interval, mis,
                          mis_ceiling, mutual_information_matrix, per_class_accuracy)
 
 
@@ -325,3 +325,14 @@ def test_digamma_table_matches_scipy():
     psi = _layout(np.arange(50) % 3, 3, 3).psi
     assert psi.shape == (51,)
     np.testing.assert_allclose(psi[1:], digamma(np.arange(1, 51)), rtol=0, atol=1e-12)
+
+
+def test_gate_unconverged_reads_the_interval_with_its_slack():
+    base = {"l1_interval": [0.1, 0.1], "gate_fixed": False}
+    assert gate_unconverged({**base, "l1_density": 0.12}) is None           # rho + 0.02: still converged
+    assert gate_unconverged({**base, "l1_density": 0.1}) is None
+    assert gate_unconverged({**base, "l1_density": 0.1201}) == (0.1201, 0.1, pytest.approx(0.12))
+    assert gate_unconverged({**base, "l1_density": 0.09}) == (0.09, 0.1, pytest.approx(0.12))
+    assert gate_unconverged({**base, "l1_density": 0.13}, slack=0.05) is None
+    assert gate_unconverged({**base, "l1_density": 0.5, "gate_fixed": True}) is None   # a fixed layout
+    assert gate_unconverged({"accuracy": 0.9}) is None                                   # no gate at all

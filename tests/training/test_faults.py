@@ -120,3 +120,15 @@ def test_resume_before_the_first_checkpoint_starts_again_and_ends_bit_identical(
     a, _ = read_checkpoint(whole / "checkpoint.safetensors")
     b, _ = read_checkpoint(killed / "checkpoint.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model/"))
+
+
+def test_train_says_when_its_gate_has_not_converged(tiny_idx_dir, tmp_path, capsys):
+    # two joint epochs of two batches each leave the gate near its 0.5 start: far outside [0.1, 0.12]
+    flags = [f for f in TINY if f != "--no-evaluate"]
+    assert main(["train", *flags, "--data-dir", str(tiny_idx_dir), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    note = [line for line in err.splitlines() if line.startswith("note: the gate has not converged")]
+    assert len(note) == 1 and "outside [0.10, 0.12]" in note[0] and "--lambda2" in note[0]
+    assert main(["train", *flags, "--method", "std", "--data-dir", str(tiny_idx_dir),
+                 "--out", str(tmp_path / "std")]) == 0
+    assert "has not converged" not in capsys.readouterr().err

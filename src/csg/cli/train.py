@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.device import resolve_device
     from ..core.lock import RunLock
+    from ..metrics.interpretability import gate_unconverged
     from ..runs.evaluate import evaluate_run
     from ..runs.train import train
 
@@ -214,5 +215,11 @@ def run(args: argparse.Namespace) -> int:
             if "l1_density" in metrics:
                 line += f"  L1-density {metrics['l1_density']:.4f}"
             print(f"{run_dir.path}: {line}", file=sys.stderr)
+            outside = gate_unconverged(metrics)
+            if outside is not None:
+                density, lo, hi = outside
+                print(f"note: the gate has not converged (L1-density {density:.4f} outside [{lo:.2f}, {hi:.2f}]); "
+                      "csg localize refuses such a run: train longer, or for CSG+ raise --lambda2 "
+                      "(docs/tuning.md: where CSG+'s gate settles)", file=sys.stderr)
     print(run_dir.path)
     return 0

@@ -12,6 +12,7 @@ from ..core.fingerprint import fingerprint, model_fingerprint
 from ..core.io import file_sha256
 from ..core.journal import read_journal, write_journal
 from ..core.run_files import LOCALIZATION, LOCALIZATION_ARRAYS
+from ..metrics.interpretability import CONVERGENCE_SLACK, gate_unconverged
 from ..runs.earlier import read_earlier_json, read_earlier_npz, same_weights
 from .maps import MapMethod, build_method, check_method_names
 from .scoring import FilterScores, ImageScores, iou
@@ -130,18 +131,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def check_converged(run, *, allow_unconverged: bool = False, slack: float = 0.02) -> str | None:
+def check_converged(run, *, allow_unconverged: bool = False, slack: float = CONVERGENCE_SLACK) -> str | None:
     """Refuse a learnable-gate run whose L1-density lies outside ``[1/C, rho + slack]``: its filters are
     not class-specific yet, so its localization says nothing about the method. Returns a note when
     ``allow_unconverged`` lets it through."""
-    metrics = run.metrics()
-    density, interval = metrics.get("l1_density"), metrics.get("l1_interval")
-    if density is None or not isinstance(interval, list) or metrics.get("gate_fixed"):
+    outside = gate_unconverged(run.metrics(), slack)
+    if outside is None:
         return None
-    lo, hi = float(interval[0]), float(interval[1]) + slack
-    if lo - 1e-6 <= float(density) <= hi:
-        return None
-    text = (f"{run.path}'s gate has not converged: L1-density {float(density):.4f} lies outside "
+    density, lo, hi = outside
+    text = (f"{run.path}'s gate has not converged: L1-density {density:.4f} lies outside "
             f"[1/C, rho + {slack:g}] = [{lo:.4f}, {hi:.4f}]")
     if not allow_unconverged:
         raise CsgError(f"{text}; train longer (more epochs or CSG steps) or pass --allow-unconverged to score "

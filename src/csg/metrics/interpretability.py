@@ -6,7 +6,7 @@ import numpy as np
 from ..core.errors import CsgError
 
 __all__ = ["accuracy", "per_class_accuracy", "mis", "indicator_entropy", "mis_ceiling", "gap_closed",
-           "l1_density", "l1_interval", "gate_mi_agreement"]
+           "l1_density", "l1_interval", "gate_unconverged", "gate_mi_agreement"]
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -85,6 +85,21 @@ def l1_density(gate) -> float:
 def l1_interval(num_classes: int, rho: float) -> tuple[float, float]:
     """The interval ``[1/C, rho]`` a converged gate's L1-density should fall in."""
     return (1.0 / num_classes, float(rho))
+
+
+CONVERGENCE_SLACK = 0.02
+
+
+def gate_unconverged(metrics: dict, slack: float = CONVERGENCE_SLACK) -> tuple[float, float, float] | None:
+    """``(density, lo, hi)`` when a learnable gate's L1-density lies outside ``[1/C, rho + slack]``, else
+    ``None`` (no gate, a fixed layout, or a converged gate). ``metrics`` is a run's ``metrics.json``."""
+    density, interval = metrics.get("l1_density"), metrics.get("l1_interval")
+    if density is None or not isinstance(interval, list) or metrics.get("gate_fixed"):
+        return None
+    lo, hi = float(interval[0]), float(interval[1]) + slack
+    if lo - 1e-6 <= float(density) <= hi:
+        return None
+    return float(density), lo, hi
 
 
 def gate_mi_agreement(gate, mi_matrix) -> float:
