@@ -1,13 +1,14 @@
 """CSG+: its terms against hand-computed values, each one switchable, and CSG+ with them off is CSG."""
 from __future__ import annotations
 
-
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from csg.methods import build_method
-from csg.methods.csg_plus import class_head_logits, csg_plus_loss, suppression_loss
+from csg.methods.csg_plus import (class_head_logits, class_mass_shares, csg_plus_loss, open_share_threshold,
+                                  suppression_loss)
 from csg.training.config import TrainConfig
 
 
@@ -50,6 +51,33 @@ def test_gate_follows_activation_moves_the_gate_only_when_on():
             # dS/dG[c, k] = -(mass of filter k on class c) / (its total mass) / K  (mean over K filters)
             mass = torch.zeros(3, 4).index_add_(0, labels, pooled)
             torch.testing.assert_close(g, -mass / (pooled.sum(0) + 1e-6) / 4)
+
+
+def test_class_mass_shares_by_hand():
+    pooled = [[2.0, 1.0], [1.0, 3.0], [1.0, 0.0]]
+    shares = class_mass_shares(pooled, [0, 1, 1], 2)
+    np.testing.assert_allclose(shares, [[2 / 4, 1 / 4], [2 / 4, 3 / 4]])
+
+
+def test_the_gate_opens_exactly_where_the_share_passes_the_threshold():
+    # the gradient on G of the budget penalty (over budget, psi = identity) plus suppression is
+    # lambda2 - lambda_s * s_ck / K: negative (the entry grows) exactly where s_ck > K * lambda2 / lambda_s
+    torch.manual_seed(1)
+    pooled = torch.rand(40, 6) ** 3
+    labels = torch.arange(40) % 3
+    head = nn.Linear(6, 3)
+    gate = torch.full((3, 6), 0.9, requires_grad=True)              # density 0.9 > rho: over budget
+    lambda2, lambda_s = 0.05, 1.0
+    loss, _ = csg_plus_loss(head(pooled), None, pooled, labels, head, gate, rho=1 / 3, lambda1=0.0, lambda2=lambda2,
+                            penalty="l1", suppression_weight=lambda_s, class_head_weight=0.0)
+    (g,) = torch.autograd.grad(loss, gate)
+    shares = class_mass_shares(pooled.numpy(), labels.numpy(), 3)
+    tau = open_share_threshold(6, lambda2, lambda_s)
+    assert tau == pytest.approx(0.3)
+    torch.testing.assert_close(g.double(), torch.from_numpy(lambda2 - lambda_s * shares / 6), rtol=1e-4, atol=1e-6)
+    assert ((g < 0).numpy() == (shares > tau)).all()
+    assert 0 < (shares > tau).sum() < shares.size                  # the case is not trivial
+    assert open_share_threshold(6, lambda2, 0.0) == float("inf")
 
 
 def _loss_terms(method, model, images, labels, phase):
