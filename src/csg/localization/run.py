@@ -142,8 +142,8 @@ def check_converged(run, *, allow_unconverged: bool = False, slack: float = CONV
     text = (f"{run.path}'s gate has not converged: L1-density {density:.4f} lies outside "
             f"[1/C, rho + {slack:g}] = [{lo:.4f}, {hi:.4f}]")
     if not allow_unconverged:
-        raise CsgError(f"{text}; train longer (more epochs or CSG steps) or pass --allow-unconverged to score "
-                       "it anyway")
+        raise CsgError(f"{text}; train longer (more epochs or CSG steps; for CSG+ a larger --lambda2, "
+                       "docs/tuning.md) or pass --allow-unconverged to score it anyway")
     return text + " (scored anyway: --allow-unconverged)"
 
 
