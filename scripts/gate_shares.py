@@ -16,18 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from csg.methods.csg_plus import class_mass_shares, open_share_threshold
+from csg.methods.csg_plus import CSGPlusConfig, open_share_threshold
+from csg.metrics import class_mass_shares
 
 
 def gate_shares(run: Path) -> dict:
+    for name in ("gate.npy", "features.npz", "config.json"):
+        if not (run / name).is_file():
+            sys.exit(f"gate_shares: {run / name} is missing; give an evaluated CSG+ run (csg evaluate RUN)")
     gate = np.load(run / "gate.npy")                         # C x K
     with np.load(run / "features.npz") as f:
         pooled, labels = f["pooled"].astype(np.float64), f["labels"]
     C, K = gate.shape
     shares = class_mass_shares(pooled, labels, C)
     cfg = json.loads((run / "config.json").read_text())
-    lambda2 = float(cfg.get("lambda2", 1e-3))
-    lambda_s = float(cfg.get("suppression_weight", 1.0))
+    lambda2 = float(cfg.get("lambda2", CSGPlusConfig.lambda2))
+    lambda_s = float(cfg.get("suppression_weight", CSGPlusConfig.suppression_weight))
     tau = open_share_threshold(K, lambda2, lambda_s)
     open_ = gate > 0.5
     predicted = shares > tau

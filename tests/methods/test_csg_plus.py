@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from csg.methods import build_method
-from csg.methods.csg_plus import (class_head_logits, class_mass_shares, csg_plus_loss, open_share_threshold,
-                                  suppression_loss)
+from csg.methods.csg_plus import class_head_logits, csg_plus_loss, open_share_threshold, suppression_loss
+from csg.metrics import class_mass_shares
 from csg.training.config import TrainConfig
 
 

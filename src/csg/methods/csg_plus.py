@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,18 +65,10 @@ def suppression_loss(pooled: torch.Tensor, labels: torch.Tensor, gate: torch.Ten
     return (off / (pooled.sum(dim=0) + eps)).mean()
 
 
-def class_mass_shares(pooled, labels, num_classes: int) -> np.ndarray:
-    """``s_ck = sum_{i: y_i = c} a_ik / sum_i a_ik``: the share of filter k's activation mass on class c
-    (pooled ``N x K`` >= 0; returns ``C x K``, each column summing to 1)."""
-    a = np.asarray(pooled, dtype=np.float64)
-    mass = np.zeros((num_classes, a.shape[1]))
-    np.add.at(mass, np.asarray(labels), a)
-    return mass / (a.sum(axis=0) + 1e-12)
-
-
 def open_share_threshold(num_filters: int, lambda2: float, suppression_weight: float) -> float:
     """``tau = K * lambda2 / lambda_s``: where CSG+'s gate settles. While the L1 budget is exceeded (psi =
-    identity), the penalty and the suppression term give ``dL / dG[c, k] = lambda2 - lambda_s * s_ck / K``,
+    identity), the penalty and the suppression term give ``dL / dG[c, k] = lambda2 - lambda_s * s_ck / K``
+    (``s_ck``: :func:`csg.metrics.class_mass_shares`),
     so an entry opens where its class holds more than ``tau`` of the filter's mass and closes elsewhere
     (the class head's term aside)."""
     return float("inf") if suppression_weight == 0 else num_filters * lambda2 / suppression_weight

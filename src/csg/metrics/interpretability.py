@@ -6,7 +6,7 @@ import numpy as np
 from ..core.errors import CsgError
 
 __all__ = ["accuracy", "per_class_accuracy", "mis", "indicator_entropy", "mis_ceiling", "gap_closed",
-           "l1_density", "l1_interval", "gate_unconverged", "gate_mi_agreement"]
+           "l1_density", "l1_interval", "gate_unconverged", "gate_mi_agreement", "gate_activation_agreement", "class_mass_shares"]
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -123,10 +123,22 @@ def gate_activation_agreement(gate, pooled, labels) -> float:
     if g.ndim != 2 or a.ndim != 2 or g.shape[1] != a.shape[1] or a.shape[0] != y.shape[0]:
         raise CsgError(f"gate_activation_agreement: gate {g.shape} must be C x K, pooled {a.shape} N x K "
                        f"and labels {y.shape} N")
-    C = g.shape[0]
-    onehot = np.zeros((y.size, C))
-    onehot[np.arange(y.size), y] = 1.0
-    counts = onehot.sum(axis=0)
-    means = (onehot.T @ a) / np.maximum(counts, 1)[:, None]
+    sums, counts = _class_sums(a, y, g.shape[0])
+    means = sums / np.maximum(counts, 1)[:, None]
     means[counts == 0] = -np.inf
     return float((g.argmax(axis=0) == means.argmax(axis=0)).mean())
+
+
+def class_mass_shares(pooled, labels, num_classes: int) -> np.ndarray:
+    """``s_ck = sum_{i: y_i = c} a_ik / sum_i a_ik``: the share of filter k's activation mass on class c
+    (pooled ``N x K`` >= 0; returns ``C x K``, each column summing to 1)."""
+    a = _as_numpy(pooled).astype(np.float64)
+    sums, _ = _class_sums(a, _as_numpy(labels).astype(np.int64), num_classes)
+    return sums / (a.sum(axis=0) + 1e-12)
+
+
+def _class_sums(a: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the sum of ``a``'s rows (``C x K``) and the number of rows (``C``): one matrix product."""
+    onehot = np.zeros((y.size, num_classes))
+    onehot[np.arange(y.size), y] = 1.0
+    return onehot.T @ a, onehot.sum(axis=0)
